@@ -1,0 +1,115 @@
+// Package vxlan is the VXLAN backend: one flannel.<VNI> device per node, and
+// per peer a permanent neighbour, an FDB entry and an onlink route.
+package vxlan
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/flanneld/flanneld/backend"
+	"github.com/flanneld/flanneld/network"
+	"github.com/flanneld/flanneld/pkg/kernel"
+	"github.com/flanneld/flanneld/subnet"
+)
+
+// Type is the backend's name in net-conf.json and in the backend-type annotation.
+const Type = "vxlan"
+
+const (
+	// defaultPort is the port the Linux kernel has always used for VXLAN.
+	defaultPort = 8472
+	// overheadIPv4 is the outer Ethernet+IPv4+UDP+VXLAN headers' size.
+	overheadIPv4 = 50
+	maxVNI       = 1<<24 - 1
+)
+
+// Options are the backend's keys in net-conf.json.
+type Options struct {
+	VNI           int
+	Port          int
+	MTU           int
+	GBP           bool
+	Learning      bool
+	DirectRouting bool
+}
+
+// ParseOptions reads and validates the Backend object of net-conf.json.
+func ParseOptions(raw json.RawMessage) (Options, error) {
+	o := Options{VNI: 1}
+	if err := backend.DecodeOptions(Type, raw, &o); err != nil {
+		return o, err
+	}
+	if o.VNI < 0 || o.VNI > maxVNI {
+		return o, fmt.Errorf("vxlan VNI %d is out of range 0..%d", o.VNI, maxVNI)
+	}
+	if o.Port == 0 {
+		o.Port = defaultPort
+	}
+	if o.Port < 1 || o.Port > 65535 {
+		return o, fmt.Errorf("vxlan Port %d is out of range 1..65535", o.Port)
+	}
+	if o.MTU < 0 || (o.MTU > 0 && o.MTU-overheadIPv4 < 576) {
+		return o, fmt.Errorf("vxlan MTU %d is too small: pods would get less than 576 bytes after %d bytes of VXLAN overhead", o.MTU, overheadIPv4)
+	}
+	return o, nil
+}
+
+// Data is the backend-data annotation: `{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}`.
+type Data struct {
+	VNI     int    `json:"VNI"`
+	VtepMAC string `json:"VtepMAC"`
+}
+
+// peerData is Data as read from a peer, with VNI optional so a missing one
+// is told apart from 0.
+type peerData struct {
+	VNI     *int   `json:"VNI"`
+	VtepMAC string `json:"VtepMAC"`
+}
+
+// ErrPeerData is wrapped by every error about a peer's unusable lease.
+var ErrPeerData = errors.New("unusable peer lease")
+
+// parsePeer validates a peer's lease for this backend.
+func parsePeer(peer subnet.Lease, vni int) (kernel.MAC, error) {
+	if peer.Attrs.BackendType != Type {
+		return kernel.MAC{}, fmt.Errorf("%w: peer %s uses backend %q, this node uses %q", ErrPeerData, peer.Name, peer.Attrs.BackendType, Type)
+	}
+	if !peer.Subnet.IsValid() || !peer.Subnet.Addr().Is4() {
+		return kernel.MAC{}, fmt.Errorf("%w: peer %s has no IPv4 subnet", ErrPeerData, peer.Name)
+	}
+	if !peer.Attrs.PublicIP.IsValid() || !peer.Attrs.PublicIP.Is4() {
+		return kernel.MAC{}, fmt.Errorf("%w: peer %s has no IPv4 public-ip", ErrPeerData, peer.Name)
+	}
+	var d peerData
+	if err := json.Unmarshal(peer.Attrs.BackendData, &d); err != nil {
+		return kernel.MAC{}, fmt.Errorf("%w: peer %s has malformed backend-data %q: %v", ErrPeerData, peer.Name, peer.Attrs.BackendData, err)
+	}
+	if d.VNI == nil {
+		return kernel.MAC{}, fmt.Errorf("%w: peer %s backend-data has no VNI", ErrPeerData, peer.Name)
+	}
+	if *d.VNI != vni {
+		return kernel.MAC{}, fmt.Errorf("%w: peer %s uses VNI %d, this node uses %d", ErrPeerData, peer.Name, *d.VNI, vni)
+	}
+	mac, err := kernel.ParseMAC(d.VtepMAC)
+	if err != nil {
+		return kernel.MAC{}, fmt.Errorf("%w: peer %s has a bad VtepMAC %q: %v", ErrPeerData, peer.Name, d.VtepMAC, err)
+	}
+	if mac.IsZero() || mac[0]&1 == 1 {
+		return kernel.MAC{}, fmt.Errorf("%w: peer %s has VtepMAC %s, which is not a unicast address", ErrPeerData, peer.Name, mac)
+	}
+	return mac, nil
+}
+
+// peerState is the kernel state for a peer reached through the VXLAN
+// device linkIndex: neighbour, FDB entry and onlink route.
+func peerState(linkIndex int, sn netip.Prefix, publicIP netip.Addr, mac kernel.MAC) network.State {
+	gw := sn.Masked().Addr()
+	return network.State{
+		Neighs: []kernel.Neigh{{LinkIndex: linkIndex, IP: gw, MAC: mac}},
+		FDBs:   []kernel.FDB{{LinkIndex: linkIndex, MAC: mac, Dst: publicIP}},
+		Routes: []kernel.Route{{Dst: sn.Masked(), Gw: gw, LinkIndex: linkIndex, Onlink: true}},
+	}
+}

@@ -1,0 +1,18 @@
+// Package lab builds a throwaway flannel cluster out of Linux network
+// namespaces for the end-to-end tests.
+//
+// A lab is one "underlay" namespace holding a bridge (br0), a control-plane
+// namespace running etcd and kube-apiserver, and any number of node
+// namespaces, each wired to the bridge by a veth pair whose node end is
+// called eth0. Pods are further namespaces hanging off a cni0 bridge in
+// their node. Nothing is created in the host namespace and no traffic leaves
+// the lab.
+//
+// Every machine-wide name (namespace names) carries a random run id, so
+// parallel test runs never collide, and everything a lab creates is removed
+// by t.Cleanup, also when the test fails or panics.
+//
+// Methods that can fail take the calling test's testing.TB as their first
+// argument, so they are safe to use from subtests; resources still belong to
+// the lab and are released when the test that called New ends.
+package lab

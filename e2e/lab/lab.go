@@ -1,0 +1,243 @@
+package lab
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+)
+
+// Fixed addresses of the underlay network.
+var (
+	underlayPrefix = netip.MustParsePrefix("192.168.100.0/24")
+	// UnderlayGateway is the nodes' default gateway. Nobody has it: it only
+	// exists so that flanneld's default-interface selection finds eth0.
+	UnderlayGateway = netip.MustParseAddr("192.168.100.1")
+	// ControlPlaneIP is the address of kube-apiserver.
+	ControlPlaneIP = netip.MustParseAddr("192.168.100.2")
+)
+
+// firstNodeHost is the last octet of the first node's address (.11, .12, ...).
+const firstNodeHost = 11
+
+// DefaultNetConf is the net-conf.json a lab starts with.
+const DefaultNetConf = `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`
+
+// Lab is one throwaway cluster. Create it with New.
+type Lab struct {
+	t      testing.TB
+	runID  string
+	dir    string
+	logDir string
+
+	underlayNS string
+	cp         *controlPlane
+
+	mu    sync.Mutex
+	nodes []*Node
+	procs []*Process
+}
+
+// New builds the underlay and the control plane (etcd and kube-apiserver,
+// with RBAC for flanneld) and registers the cleanup of everything the lab
+// will create. It needs root; see RequireRoot.
+func New(t testing.TB) *Lab {
+	t.Helper()
+	RequireRoot(t)
+	etcd := RequireBinary(t, BinaryEtcd)
+	apiserver := RequireBinary(t, BinaryKubeAPIServer)
+
+	l := &Lab{t: t, runID: newRunID(), dir: t.TempDir()}
+	l.logDir = filepath.Join(l.dir, "logs")
+	if err := os.MkdirAll(l.logDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("lab run id %s, directory %s", l.runID, l.dir)
+	t.Cleanup(l.cleanup)
+
+	if err := l.createUnderlay(); err != nil {
+		t.Fatalf("creating the underlay: %v", err)
+	}
+	if err := l.WriteNetConf(DefaultNetConf); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	cp, err := l.startControlPlane(etcd, apiserver)
+	if err != nil {
+		t.Fatalf("starting the control plane: %v", err)
+	}
+	l.cp = cp
+	t.Logf("control plane ready after %v", time.Since(start).Round(100*time.Millisecond))
+	return l
+}
+
+// RequireRoot skips the test when not running as root.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("e2e tests need root (network namespaces, veth, vxlan, iptables): run `make test` as root")
+	}
+}
+
+// RunID is the random id in every namespace name of this lab.
+func (l *Lab) RunID() string { return l.runID }
+
+// Dir is the lab's scratch directory (logs, kubeconfigs, per-node files).
+func (l *Lab) Dir() string { return l.dir }
+
+// UnderlayNetns is the namespace holding the underlay bridge br0.
+func (l *Lab) UnderlayNetns() string { return l.underlayNS }
+
+// ControlPlaneNetns is the namespace running etcd and kube-apiserver.
+func (l *Lab) ControlPlaneNetns() string { return l.cp.netns }
+
+// Client is an admin client-go clientset for the lab's API server.
+func (l *Lab) Client() kubernetes.Interface { return l.cp.client }
+
+// Kubeconfig is the kubeconfig flanneld uses (user "flannel", with exactly
+// the RBAC rules of REFERENCE section 3).
+func (l *Lab) Kubeconfig() string { return l.cp.flannelKubeconfig }
+
+// AdminKubeconfig is a kubeconfig with cluster-admin rights.
+func (l *Lab) AdminKubeconfig() string { return l.cp.adminKubeconfig }
+
+// NetConfPath is the net-conf.json flanneld reads by default.
+func (l *Lab) NetConfPath() string { return filepath.Join(l.dir, "net-conf.json") }
+
+// WriteNetConf replaces the default net-conf.json.
+func (l *Lab) WriteNetConf(content string) error {
+	return os.WriteFile(l.NetConfPath(), []byte(content), 0o644)
+}
+
+// Nodes returns the nodes added so far.
+func (l *Lab) Nodes() []*Node {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]*Node(nil), l.nodes...)
+}
+
+// createUnderlay makes the underlay namespace with bridge br0.
+func (l *Lab) createUnderlay() error {
+	l.underlayNS = netnsName(l.runID, "ul")
+	if err := createNetns(l.underlayNS); err != nil {
+		return err
+	}
+	if _, err := runIP("-n", l.underlayNS, "link", "add", "br0", "type", "bridge"); err != nil {
+		return err
+	}
+	_, err := runIP("-n", l.underlayNS, "link", "set", "br0", "up")
+	return err
+}
+
+// attachToUnderlay creates namespace ns and wires it to br0 with a veth
+// pair whose ns end is eth0 with address addr/24.
+func (l *Lab) attachToUnderlay(ns, bridgePort string, addr netip.Addr) error {
+	if err := createNetns(ns); err != nil {
+		return err
+	}
+	steps := [][]string{
+		{"-n", l.underlayNS, "link", "add", bridgePort, "type", "veth", "peer", "name", "eth0", "netns", ns},
+		{"-n", l.underlayNS, "link", "set", bridgePort, "master", "br0", "up"},
+		{"-n", ns, "addr", "add", netip.PrefixFrom(addr, underlayPrefix.Bits()).String(), "dev", "eth0"},
+		{"-n", ns, "link", "set", "eth0", "up"},
+	}
+	for _, args := range steps {
+		if _, err := runIP(args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// cleanup stops every process, dumps logs when the test failed, and deletes
+// every namespace of this run.
+func (l *Lab) cleanup() {
+	l.mu.Lock()
+	procs := append([]*Process(nil), l.procs...)
+	nodes := append([]*Node(nil), l.nodes...)
+	l.mu.Unlock()
+
+	if l.t.Failed() {
+		l.dumpNodeState(nodes)
+	}
+	for i := len(procs) - 1; i >= 0; i-- {
+		start := time.Now()
+		procs[i].Stop()
+		if d := time.Since(start); d > 2*time.Second {
+			l.t.Logf("stopping %s took %v", procs[i].Name, d.Round(100*time.Millisecond))
+		}
+	}
+	if l.t.Failed() {
+		for _, p := range procs {
+			l.t.Logf("----- %s (netns %s, %s) log tail -----\n%s", p.Name, p.Netns, p.describeExit(), tail(p.Log(), 60))
+			if out := p.Stdout(); out != "" {
+				l.t.Logf("----- %s stdout tail -----\n%s", p.Name, tail(out, 20))
+			}
+		}
+	}
+	if l.cp != nil {
+		l.cp.close()
+	}
+	names, err := listNetnsWithPrefix(runPrefix(l.runID))
+	if err != nil {
+		l.t.Errorf("listing namespaces of run %s: %v", l.runID, err)
+	}
+	for _, ns := range names {
+		if err := deleteNetns(ns); err != nil {
+			l.t.Errorf("deleting namespace %s: %v", ns, err)
+		}
+	}
+}
+
+// dumpNodeState logs the kernel state of every node, to explain failures.
+func (l *Lab) dumpNodeState(nodes []*Node) {
+	for _, n := range nodes {
+		var out string
+		for _, argv := range [][]string{
+			{"ip", "-d", "link", "show"},
+			{"ip", "addr", "show"},
+			{"ip", "route", "show"},
+			{"ip", "-4", "neigh", "show"},
+			{"bridge", "fdb", "show", "dev", "flannel.1"},
+		} {
+			o, err := Exec(n.Netns, argv...)
+			if err != nil {
+				o += err.Error()
+			}
+			out += fmt.Sprintf("$ %v\n%s\n", argv, o)
+		}
+		l.t.Logf("----- kernel state of node %s (netns %s) -----\n%s", n.Name, n.Netns, out)
+	}
+}
+
+// WaitFor calls check until it returns nil, failing the test with the last
+// error when timeout passes.
+func WaitFor(t testing.TB, what string, timeout time.Duration, check func() error) {
+	t.Helper()
+	if err := Poll(timeout, check); err != nil {
+		t.Fatalf("timed out after %v waiting for %s: %v", timeout, what, err)
+	}
+}
+
+// Poll calls check every pollInterval until it returns nil or timeout
+// passes, and returns the last error.
+func Poll(timeout time.Duration, check func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := check()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(pollInterval)
+	}
+}
+
+const pollInterval = 250 * time.Millisecond

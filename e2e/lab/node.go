@@ -1,0 +1,254 @@
+package lab
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// HealthzPort is where flanneld serves /healthz and /readyz inside its node.
+const HealthzPort = 10256
+
+// apiTimeout bounds one API call made by the lab.
+const apiTimeout = 15 * time.Second
+
+// Node is a lab machine: a namespace wired to the underlay, plus its Node
+// object in the API.
+type Node struct {
+	Name       string
+	Netns      string
+	IP         netip.Addr // address of eth0, also the InternalIP
+	PodCIDR    string     // as given to AddNode ("" for none)
+	Dir        string     // per-node scratch directory
+	SubnetFile string     // where flanneld writes subnet.env
+
+	lab      *Lab
+	flanneld *Process
+	nextPod  int
+}
+
+// AddNode creates a node namespace (eth0 at 192.168.100.11, .12, ... with a
+// default route via UnderlayGateway, IPv4 forwarding on) and its Node object
+// with spec.podCIDR(s) (none when podCIDR is "") and an InternalIP address.
+func (l *Lab) AddNode(t testing.TB, name, podCIDR string) *Node {
+	t.Helper()
+	l.mu.Lock()
+	index := len(l.nodes)
+	n := &Node{
+		Name:    name,
+		Netns:   netnsName(l.runID, name),
+		IP:      netip.AddrFrom4([4]byte{192, 168, 100, byte(firstNodeHost + index)}),
+		PodCIDR: podCIDR,
+		Dir:     filepath.Join(l.dir, "nodes", name),
+		lab:     l,
+		nextPod: 2,
+	}
+	n.SubnetFile = filepath.Join(n.Dir, "subnet.env")
+	l.nodes = append(l.nodes, n)
+	l.mu.Unlock()
+
+	if err := os.MkdirAll(n.Dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := l.attachToUnderlay(n.Netns, ifName("v-"+name, fmt.Sprintf("v-node%d", index)), n.IP); err != nil {
+		t.Fatalf("creating node %s: %v", name, err)
+	}
+	if _, err := runIP("-n", n.Netns, "route", "add", "default", "via", UnderlayGateway.String(), "dev", "eth0"); err != nil {
+		t.Fatalf("creating node %s: %v", name, err)
+	}
+	if _, err := Exec(n.Netns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"); err != nil {
+		t.Fatalf("creating node %s: %v", name, err)
+	}
+	if err := l.createNodeObject(n); err != nil {
+		t.Fatalf("creating Node %s: %v", name, err)
+	}
+	return n
+}
+
+func (l *Lab) createNodeObject(n *Node) error {
+	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+	defer cancel()
+	obj := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name}}
+	if n.PodCIDR != "" {
+		obj.Spec.PodCIDR = n.PodCIDR
+		obj.Spec.PodCIDRs = []string{n.PodCIDR}
+	}
+	addresses := []corev1.NodeAddress{
+		{Type: corev1.NodeInternalIP, Address: n.IP.String()},
+		{Type: corev1.NodeHostName, Address: n.Name},
+	}
+	obj.Status.Addresses = addresses
+	created, err := l.Client().CoreV1().Nodes().Create(ctx, obj, metav1.CreateOptions{})
+	if err != nil {
+		return err
+	}
+	if len(created.Status.Addresses) == 0 {
+		created.Status.Addresses = addresses
+		_, err = l.Client().CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{})
+	}
+	return err
+}
+
+// GetNode reads the Node object of n.
+func (l *Lab) GetNode(t testing.TB, n *Node) *corev1.Node {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+	defer cancel()
+	obj, err := l.Client().CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("getting Node %s: %v", n.Name, err)
+	}
+	return obj
+}
+
+// SetPodCIDR sets spec.podCIDR and spec.podCIDRs of a Node that has none.
+func (l *Lab) SetPodCIDR(t testing.TB, n *Node, podCIDR string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+	defer cancel()
+	patch := fmt.Sprintf(`{"spec":{"podCIDR":%q,"podCIDRs":[%q]}}`, podCIDR, podCIDR)
+	if _, err := l.Client().CoreV1().Nodes().Patch(ctx, n.Name, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		t.Fatalf("setting the podCIDR of Node %s: %v", n.Name, err)
+	}
+	n.PodCIDR = podCIDR
+}
+
+// DeleteNode deletes the Node object of n (the namespace stays).
+func (l *Lab) DeleteNode(t testing.TB, n *Node) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+	defer cancel()
+	if err := l.Client().CoreV1().Nodes().Delete(ctx, n.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatalf("deleting Node %s: %v", n.Name, err)
+	}
+}
+
+// FlanneldArgs are the arguments StartFlanneld gives flanneld on node n.
+func (l *Lab) FlanneldArgs(n *Node) []string {
+	return []string{
+		"--kube-subnet-mgr",
+		"--kubeconfig-file=" + l.Kubeconfig(),
+		"--iface=eth0",
+		"--ip-masq",
+		"--subnet-file=" + n.SubnetFile,
+		"--net-config-path=" + l.NetConfPath(),
+		"--healthz-ip=127.0.0.1",
+		fmt.Sprintf("--healthz-port=%d", HealthzPort),
+		"-v=2",
+	}
+}
+
+// StartFlanneld runs flanneld in node n with NODE_NAME set and the default
+// arguments (FlanneldArgs). An extra "--name=value" argument replaces the
+// default of the same name; other extra arguments are appended.
+func (l *Lab) StartFlanneld(t testing.TB, n *Node, extraArgs ...string) *Process {
+	t.Helper()
+	bin := RequireBinary(t, BinaryFlanneld)
+	args := mergeArgs(l.FlanneldArgs(n), extraArgs)
+	p := l.Start(t, n.Netns, "flanneld-"+n.Name, []string{"NODE_NAME=" + n.Name}, append([]string{bin}, args...)...)
+	l.mu.Lock()
+	n.flanneld = p
+	l.mu.Unlock()
+	return p
+}
+
+// mergeArgs overrides defaults with extras of the same flag name.
+func mergeArgs(defaults, extras []string) []string {
+	flagName := func(arg string) string {
+		name, _, _ := strings.Cut(arg, "=")
+		return name
+	}
+	overridden := map[string]bool{}
+	for _, e := range extras {
+		if strings.HasPrefix(e, "-") && strings.Contains(e, "=") {
+			overridden[flagName(e)] = true
+		}
+	}
+	var out []string
+	for _, d := range defaults {
+		if !overridden[flagName(d)] {
+			out = append(out, d)
+		}
+	}
+	return append(out, extras...)
+}
+
+// Flanneld is the last flanneld started on n (nil if none).
+func (n *Node) Flanneld() *Process {
+	n.lab.mu.Lock()
+	defer n.lab.mu.Unlock()
+	return n.flanneld
+}
+
+// WaitReady polls flanneld's /readyz inside the node until it answers 200.
+func (n *Node) WaitReady(t testing.TB, timeout time.Duration) {
+	t.Helper()
+	if err := n.PollReady(timeout); err != nil {
+		t.Fatalf("flanneld on %s not ready: %v", n.Name, err)
+	}
+}
+
+// PollReady is WaitReady returning the error instead of failing the test.
+func (n *Node) PollReady(timeout time.Duration) error {
+	client := HTTPClientIn(n.Netns, 2*time.Second)
+	url := fmt.Sprintf("http://127.0.0.1:%d/readyz", HealthzPort)
+	return Poll(timeout, func() error {
+		if p := n.Flanneld(); p != nil && !p.Running() {
+			return fmt.Errorf("flanneld %s; log tail:\n%s", p.describeExit(), tail(p.Log(), 30))
+		}
+		resp, err := client.Get(url)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("GET %s: %s", url, resp.Status)
+		}
+		return nil
+	})
+}
+
+// WaitSubnetEnv waits for the node's subnet.env and returns its content.
+func (n *Node) WaitSubnetEnv(t testing.TB, timeout time.Duration) string {
+	t.Helper()
+	var content []byte
+	WaitFor(t, "subnet.env of "+n.Name, timeout, func() error {
+		var err error
+		content, err = os.ReadFile(n.SubnetFile)
+		if err != nil {
+			if p := n.Flanneld(); p != nil && !p.Running() {
+				return fmt.Errorf("%w; flanneld %s", err, p.describeExit())
+			}
+			return err
+		}
+		return nil
+	})
+	return string(content)
+}
+
+// ParseSubnetEnv parses KEY=VALUE lines.
+func ParseSubnetEnv(content string) map[string]string {
+	env := map[string]string{}
+	s := bufio.NewScanner(strings.NewReader(content))
+	for s.Scan() {
+		line := strings.TrimSpace(s.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if k, v, ok := strings.Cut(line, "="); ok {
+			env[k] = v
+		}
+	}
+	return env
+}

@@ -1,0 +1,33 @@
+package lab
+
+import (
+	"slices"
+	"testing"
+)
+
+func TestMergeArgs(t *testing.T) {
+	got := mergeArgs(
+		[]string{"--kube-subnet-mgr", "--iface=eth0", "--net-config-path=/a", "-v=2"},
+		[]string{"--net-config-path=/b", "--ip-blackhole-route", "-v=4"},
+	)
+	want := []string{"--kube-subnet-mgr", "--iface=eth0", "--net-config-path=/b", "--ip-blackhole-route", "-v=4"}
+	if !slices.Equal(got, want) {
+		t.Errorf("mergeArgs = %v, want %v", got, want)
+	}
+}
+
+func TestNames(t *testing.T) {
+	id := newRunID()
+	if len(id) != 6 {
+		t.Fatalf("run id %q", id)
+	}
+	if got := netnsName(id, "n1", "p1"); got != "fl"+id+"-n1-p1" {
+		t.Errorf("netnsName = %q", got)
+	}
+	if got := ifName("vp-averyveryverylongname", "vp2"); got != "vp2" {
+		t.Errorf("ifName = %q", got)
+	}
+	if got := ParseSubnetEnv("FLANNEL_MTU=1450\n\nFLANNEL_SUBNET=10.244.1.1/24\n"); got["FLANNEL_MTU"] != "1450" || got["FLANNEL_SUBNET"] != "10.244.1.1/24" {
+		t.Errorf("ParseSubnetEnv = %v", got)
+	}
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the Debian packages flanneld's tests need, when missing.
+set -euo pipefail
+need=()
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v iptables >/dev/null || need+=(iptables)
+command -v ip >/dev/null || need+=(iproute2)
+command -v bridge >/dev/null || need+=(iproute2)
+command -v ping >/dev/null || need+=(iputils-ping)
+command -v tcpdump >/dev/null || need+=(tcpdump)
+if [ ${#need[@]} -eq 0 ]; then
+	exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+	echo "missing packages ${need[*]}; run as root or install them" >&2
+	exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+echo "installed: ${need[*]}"

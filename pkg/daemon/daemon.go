@@ -1,0 +1,213 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/coreos/go-iptables/iptables"
+	"github.com/vishvananda/netlink"
+	"k8s.io/klog/v2"
+
+	"github.com/flanneld/flanneld/backend"
+	"github.com/flanneld/flanneld/backend/vxlan"
+	"github.com/flanneld/flanneld/ip"
+	"github.com/flanneld/flanneld/network"
+	"github.com/flanneld/flanneld/pkg/health"
+	"github.com/flanneld/flanneld/pkg/kernel"
+	"github.com/flanneld/flanneld/subnet"
+	"github.com/flanneld/flanneld/subnet/kube"
+)
+
+// Backends returns the registry of the backends this build supports.
+func Backends() backend.Registry {
+	return backend.Registry{
+		vxlan.Type: vxlan.New,
+	}
+}
+
+// Run sets up this node's pod network and keeps it in sync with the
+// cluster until ctx ends. It returns an error for anything that prevents
+// the node from joining; on a clean stop it returns nil and leaves the
+// datapath in place, so pods keep working while flanneld restarts.
+func Run(ctx context.Context, o Options) error {
+	if err := o.Validate(); err != nil {
+		return err
+	}
+	if !o.KubeSubnetMgr {
+		return errors.New("etcd mode is not available in this build yet; run with --kube-subnet-mgr")
+	}
+	cfg, err := subnet.ReadConfigFile(o.NetConfigPath)
+	if err != nil {
+		return err
+	}
+	if !cfg.EnableIPv4 || cfg.EnableIPv6 {
+		return errors.New("only IPv4 networks are supported in this build: set EnableIPv4 and leave EnableIPv6 off")
+	}
+	if cfg.EnableNFTables {
+		return errors.New("EnableNFTables is not supported in this build yet; remove it to use iptables")
+	}
+
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return fmt.Errorf("open netlink: %w", err)
+	}
+	defer h.Close()
+
+	publicIP, _ := o.publicIP(o.PublicIP, true)
+	publicIPv6, _ := o.publicIP(o.PublicIPv6, false)
+	ext, err := ip.LookupExternalInterface(h, ip.InterfaceOptions{
+		Ifaces:     o.Iface,
+		IfaceRegex: o.IfaceRegex,
+		CanReach:   o.IfaceCanReach,
+		PublicIP:   publicIP,
+		PublicIPv6: publicIPv6,
+		EnableIPv4: cfg.EnableIPv4,
+		EnableIPv6: cfg.EnableIPv6,
+	})
+	if err != nil {
+		return err
+	}
+	klog.InfoS("Using external interface", "interface", ext.Name, "address", ext.IfaceAddr, "publicIP", ext.ExtAddr, "mtu", ext.MTU)
+
+	be, err := Backends().New(backend.Params{Config: cfg, ExtIface: ext, Handle: h})
+	if err != nil {
+		return err
+	}
+
+	client, err := kube.NewClient(o.KubeconfigFile, o.KubeAPIURL, "flanneld/"+o.Version)
+	if err != nil {
+		return err
+	}
+	nodeName, err := kube.NodeName(ctx, client)
+	if err != nil {
+		return err
+	}
+	src := kube.New(kube.Config{
+		Client:                client,
+		NodeName:              nodeName,
+		AnnotationPrefix:      o.KubeAnnotationPrefix,
+		Network:               cfg,
+		ExplicitPublicIP:      publicIP.IsValid(),
+		ExplicitPublicIPv6:    publicIPv6.IsValid(),
+		SetNetworkUnavailable: o.SetNodeNetworkUnavailable,
+	})
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	status := health.NewStatus(3*o.Resync + time.Minute)
+	var healthErr <-chan error
+	if o.HealthzPort > 0 {
+		addr := net.JoinHostPort(o.HealthzIP, strconv.Itoa(o.HealthzPort))
+		if healthErr, err = health.Serve(ctx, addr, status.Handler()); err != nil {
+			return err
+		}
+	}
+
+	peers := subnet.NewPeers()
+	if err := src.Start(ctx, peers); err != nil {
+		return err
+	}
+	status.SetReady(false, "waiting for this node's lease")
+	lease, err := joinNetwork(ctx, src, be)
+	if err != nil {
+		return err
+	}
+
+	if err := startFirewall(ctx, o, cfg, lease); err != nil {
+		return err
+	}
+	env := subnet.NewEnv(cfg, &lease, be.MTU(), o.IPMasq)
+	if err := subnet.WriteEnvFile(o.SubnetFile, env); err != nil {
+		return err
+	}
+	klog.InfoS("Wrote subnet file", "path", o.SubnetFile, "subnet", env.Subnet, "mtu", env.MTU)
+
+	status.SetReady(false, "waiting for the first sync of peers")
+	loop := &syncLoop{
+		backend:    be,
+		reconciler: network.NewReconciler(kernel.NewNetlink(h)),
+		peers:      peers,
+		own:        lease,
+		resync:     o.Resync,
+		status:     status,
+		onFirstSync: func() {
+			if err := src.ReportReady(ctx); err != nil {
+				klog.ErrorS(err, "Could not report the node's network as available")
+			}
+			status.SetReady(true, "")
+			klog.InfoS("flanneld is ready", "node", nodeName, "subnet", lease.Subnet, "peers", peers.Len())
+		},
+	}
+	loopDone := make(chan struct{})
+	go func() {
+		defer close(loopDone)
+		loop.run(ctx)
+	}()
+
+	select {
+	case <-ctx.Done():
+	case err := <-healthErr:
+		cancel()
+		<-loopDone
+		return fmt.Errorf("health server: %w", err)
+	}
+	<-loopDone
+	klog.InfoS("Stopping; the datapath stays in place")
+	return nil
+}
+
+// joinNetwork sets up the backend's device, acquires the lease with the
+// device's attributes and applies the lease to the device.
+func joinNetwork(ctx context.Context, src subnet.Source, be backend.Backend) (subnet.Lease, error) {
+	prev, err := src.PreviousAttrs(ctx)
+	if err != nil {
+		return subnet.Lease{}, err
+	}
+	attrs, err := be.Setup(ctx, prev)
+	if err != nil {
+		return subnet.Lease{}, err
+	}
+	lease, err := src.AcquireLease(ctx, attrs)
+	if err != nil {
+		return subnet.Lease{}, err
+	}
+	klog.InfoS("Acquired lease", "subnet", lease.Subnet, "publicIP", lease.Attrs.PublicIP, "backend", lease.Attrs.BackendType)
+	if err := be.Configure(ctx, lease); err != nil {
+		return subnet.Lease{}, err
+	}
+	return lease, nil
+}
+
+// startFirewall installs the masquerade and forward rules and keeps them in
+// place every --iptables-resync seconds.
+func startFirewall(ctx context.Context, o Options, cfg *subnet.Config, lease subnet.Lease) error {
+	var rules []network.Rule
+	if o.IPMasq {
+		rules = append(rules, network.MasqRules(network.FirewallConfig{
+			Network:         cfg.Network,
+			Lease:           lease.Subnet,
+			MasqFullyRandom: !o.IPMasqFullyRandomDisable,
+		})...)
+	}
+	if o.IPTablesForwardRules {
+		rules = append(rules, network.ForwardRules(cfg.Network)...)
+	}
+	if len(rules) == 0 {
+		return nil
+	}
+	ipt, err := network.NewIPTables(iptables.ProtocolIPv4)
+	if err != nil {
+		return err
+	}
+	fw := network.NewFirewall(ipt, rules)
+	if _, err := fw.Ensure(); err != nil {
+		return fmt.Errorf("install firewall rules: %w", err)
+	}
+	go fw.Run(ctx, time.Duration(o.IPTablesResync)*time.Second)
+	return nil
+}

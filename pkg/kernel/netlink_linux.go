@@ -1,0 +1,243 @@
+package kernel
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// dumpRetries bounds the retries of a netlink dump the kernel interrupted
+// because the table changed while it was being read.
+const dumpRetries = 5
+
+// Netlink implements Interface over a *netlink.Handle.
+type Netlink struct {
+	h *netlink.Handle
+}
+
+var _ Interface = (*Netlink)(nil)
+
+// NewNetlink returns an Interface that programs the network namespace h was
+// opened in.
+func NewNetlink(h *netlink.Handle) *Netlink { return &Netlink{h: h} }
+
+// retryDump runs a netlink dump until it completes without the kernel
+// reporting an interrupted (inconsistent) dump.
+func retryDump[T any](dump func() ([]T, error)) ([]T, error) {
+	var (
+		out []T
+		err error
+	)
+	for range dumpRetries {
+		out, err = dump()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return out, err
+		}
+	}
+	return nil, fmt.Errorf("netlink dump interrupted %d times: %w", dumpRetries, err)
+}
+
+// wrapDel maps "already gone" errors of a delete to ErrNotFound.
+func wrapDel(what string, obj fmt.Stringer, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("delete %s %s: %w", what, obj, ErrNotFound)
+	}
+	return fmt.Errorf("delete %s %s: %w", what, obj, err)
+}
+
+func addrFromIP(ip net.IP) netip.Addr {
+	a, ok := netip.AddrFromSlice(ip)
+	if !ok {
+		return netip.Addr{}
+	}
+	return a.Unmap()
+}
+
+func prefixFromIPNet(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	a := addrFromIP(n.IP)
+	ones, _ := n.Mask.Size()
+	if !a.IsValid() {
+		return netip.Prefix{}, false
+	}
+	return netip.PrefixFrom(a, ones), true
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// ListRoutes returns the unicast routes of the main table with a
+// destination prefix (default routes included) and a single next hop.
+func (k *Netlink) ListRoutes() ([]Route, error) {
+	filter := &netlink.Route{Table: unix.RT_TABLE_MAIN}
+	nl, err := retryDump(func() ([]netlink.Route, error) {
+		return k.h.RouteListFiltered(netlink.FAMILY_ALL, filter, netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list routes: %w", err)
+	}
+	out := make([]Route, 0, len(nl))
+	for _, r := range nl {
+		if r.Type != unix.RTN_UNICAST || len(r.MultiPath) > 0 {
+			continue
+		}
+		dst, ok := prefixFromIPNet(r.Dst)
+		if !ok {
+			if r.Family == unix.AF_INET6 {
+				dst = netip.MustParsePrefix("::/0")
+			} else {
+				dst = netip.MustParsePrefix("0.0.0.0/0")
+			}
+		}
+		out = append(out, Route{
+			Dst:       dst,
+			Gw:        addrFromIP(r.Gw),
+			LinkIndex: r.LinkIndex,
+			Onlink:    r.Flags&int(netlink.FLAG_ONLINK) != 0,
+			Protocol:  int(r.Protocol),
+		})
+	}
+	return out, nil
+}
+
+func toNetlinkRoute(r Route) *netlink.Route {
+	nr := &netlink.Route{
+		Dst:       ipNet(r.Dst),
+		LinkIndex: r.LinkIndex,
+		Table:     unix.RT_TABLE_MAIN,
+		Protocol:  netlink.RouteProtocol(r.Protocol),
+		Type:      unix.RTN_UNICAST,
+	}
+	if r.Gw.IsValid() {
+		nr.Gw = r.Gw.AsSlice()
+	} else {
+		nr.Scope = netlink.SCOPE_LINK
+	}
+	if r.Onlink {
+		nr.Flags = int(netlink.FLAG_ONLINK)
+	}
+	return nr
+}
+
+// SetRoute adds or replaces the route to r.Dst.
+func (k *Netlink) SetRoute(r Route) error {
+	if err := k.h.RouteReplace(toNetlinkRoute(r)); err != nil {
+		return fmt.Errorf("replace route %s: %w", r, err)
+	}
+	return nil
+}
+
+// DelRoute deletes the route to r.Dst.
+func (k *Netlink) DelRoute(r Route) error {
+	nr := toNetlinkRoute(r)
+	nr.Protocol = 0 // match whatever protocol the route carries
+	return wrapDel("route", r, k.h.RouteDel(nr))
+}
+
+func family(a netip.Addr) int {
+	if a.Is4() {
+		return unix.AF_INET
+	}
+	return unix.AF_INET6
+}
+
+// ListNeighs returns the permanent IPv4 and IPv6 neighbours of a link.
+func (k *Netlink) ListNeighs(linkIndex int) ([]Neigh, error) {
+	var out []Neigh
+	for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
+		nl, err := retryDump(func() ([]netlink.Neigh, error) { return k.h.NeighList(linkIndex, fam) })
+		if err != nil {
+			return nil, fmt.Errorf("list neighbours of link %d: %w", linkIndex, err)
+		}
+		for _, n := range nl {
+			if n.State&netlink.NUD_PERMANENT == 0 {
+				continue
+			}
+			mac, err := MACFromHardwareAddr(n.HardwareAddr)
+			if err != nil {
+				continue
+			}
+			out = append(out, Neigh{LinkIndex: n.LinkIndex, IP: addrFromIP(n.IP), MAC: mac})
+		}
+	}
+	return out, nil
+}
+
+func toNetlinkNeigh(n Neigh) *netlink.Neigh {
+	return &netlink.Neigh{
+		LinkIndex:    n.LinkIndex,
+		Family:       family(n.IP),
+		State:        netlink.NUD_PERMANENT,
+		Type:         unix.RTN_UNICAST,
+		IP:           n.IP.AsSlice(),
+		HardwareAddr: n.MAC.HardwareAddr(),
+	}
+}
+
+// SetNeigh adds or replaces a permanent neighbour.
+func (k *Netlink) SetNeigh(n Neigh) error {
+	if err := k.h.NeighSet(toNetlinkNeigh(n)); err != nil {
+		return fmt.Errorf("set neighbour %s: %w", n, err)
+	}
+	return nil
+}
+
+// DelNeigh deletes a neighbour.
+func (k *Netlink) DelNeigh(n Neigh) error {
+	return wrapDel("neighbour", n, k.h.NeighDel(toNetlinkNeigh(n)))
+}
+
+// ListFDB returns the permanent FDB entries of a link that have a
+// destination address.
+func (k *Netlink) ListFDB(linkIndex int) ([]FDB, error) {
+	nl, err := retryDump(func() ([]netlink.Neigh, error) { return k.h.NeighList(linkIndex, unix.AF_BRIDGE) })
+	if err != nil {
+		return nil, fmt.Errorf("list FDB of link %d: %w", linkIndex, err)
+	}
+	var out []FDB
+	for _, n := range nl {
+		if n.State&netlink.NUD_PERMANENT == 0 || n.IP == nil {
+			continue
+		}
+		mac, err := MACFromHardwareAddr(n.HardwareAddr)
+		if err != nil {
+			continue
+		}
+		out = append(out, FDB{LinkIndex: n.LinkIndex, MAC: mac, Dst: addrFromIP(n.IP)})
+	}
+	return out, nil
+}
+
+func toNetlinkFDB(f FDB) *netlink.Neigh {
+	return &netlink.Neigh{
+		LinkIndex:    f.LinkIndex,
+		Family:       unix.AF_BRIDGE,
+		State:        netlink.NUD_PERMANENT,
+		Flags:        netlink.NTF_SELF,
+		IP:           f.Dst.AsSlice(),
+		HardwareAddr: f.MAC.HardwareAddr(),
+	}
+}
+
+// SetFDB adds or replaces an FDB entry.
+func (k *Netlink) SetFDB(f FDB) error {
+	if err := k.h.NeighSet(toNetlinkFDB(f)); err != nil {
+		return fmt.Errorf("set FDB entry %s: %w", f, err)
+	}
+	return nil
+}
+
+// DelFDB deletes an FDB entry.
+func (k *Netlink) DelFDB(f FDB) error {
+	return wrapDel("FDB entry", f, k.h.NeighDel(toNetlinkFDB(f)))
+}

@@ -1,0 +1,366 @@
+package kube
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+
+	"github.com/flanneld/flanneld/subnet"
+)
+
+// Config configures the Kubernetes lease source.
+type Config struct {
+	Client   kubernetes.Interface
+	NodeName string
+	// AnnotationPrefix defaults to DefaultAnnotationPrefix.
+	AnnotationPrefix string
+	// Network is the cluster network; the node's podCIDR must lie in it.
+	Network *subnet.Config
+	// ExplicitPublicIP is set when --public-ip/--public-ipv6 was given: the
+	// node-public-ip annotations then do not apply.
+	ExplicitPublicIP, ExplicitPublicIPv6 bool
+	// SetNetworkUnavailable makes ReportReady set the Node's
+	// NetworkUnavailable condition to False.
+	SetNetworkUnavailable bool
+}
+
+// Source is the Kubernetes lease source.
+type Source struct {
+	cfg Config
+	ann Annotations
+
+	informer cache.SharedIndexInformer
+
+	mu      sync.Mutex
+	own     *v1.Node      // this node, as last seen by the informer
+	ownWake chan struct{} // signalled when own changes
+}
+
+var _ subnet.Source = (*Source)(nil)
+
+// New returns a Source; Start must be called before the other methods.
+func New(cfg Config) *Source {
+	if cfg.AnnotationPrefix == "" {
+		cfg.AnnotationPrefix = DefaultAnnotationPrefix
+	}
+	return &Source{cfg: cfg, ann: NewAnnotations(cfg.AnnotationPrefix), ownWake: make(chan struct{}, 1)}
+}
+
+// NewClient builds a client from a kubeconfig file and/or API URL, or from
+// the in-cluster configuration when both are empty. It speaks protobuf.
+func NewClient(kubeconfig, apiURL, userAgent string) (kubernetes.Interface, error) {
+	var (
+		cfg, err = clientcmd.BuildConfigFromFlags(apiURL, kubeconfig)
+	)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client configuration: %w", err)
+	}
+	cfg.UserAgent = userAgent
+	cfg.ContentType = runtime.ContentTypeProtobuf
+	cfg.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
+	return kubernetes.NewForConfig(cfg)
+}
+
+// NodeName returns the name of the node flanneld runs on: NODE_NAME, else
+// the nodeName of the pod POD_NAME in POD_NAMESPACE.
+func NodeName(ctx context.Context, client kubernetes.Interface) (string, error) {
+	if n := os.Getenv("NODE_NAME"); n != "" {
+		return n, nil
+	}
+	pod, ns := os.Getenv("POD_NAME"), os.Getenv("POD_NAMESPACE")
+	if pod == "" || ns == "" {
+		return "", errors.New("cannot tell which node this is: set NODE_NAME (or POD_NAME and POD_NAMESPACE)")
+	}
+	var name string
+	err := retry(ctx, "get own pod", func() error {
+		p, err := client.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if p.Spec.NodeName == "" {
+			return fmt.Errorf("pod %s/%s is not scheduled to a node", ns, pod)
+		}
+		name = p.Spec.NodeName
+		return nil
+	})
+	return name, err
+}
+
+// Start implements subnet.Source: it starts a Node informer whose cache
+// keeps only what flanneld reads of each Node.
+func (s *Source) Start(ctx context.Context, peers *subnet.Peers) error {
+	nodes := s.cfg.Client.CoreV1().Nodes()
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return nodes.List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return nodes.Watch(ctx, o)
+		},
+	}
+	s.informer = cache.NewSharedIndexInformer(lw, &v1.Node{}, 0, cache.Indexers{})
+	if err := s.informer.SetTransform(s.ann.stripNode); err != nil {
+		return err
+	}
+	_, err := s.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { s.onNode(obj, peers) },
+		UpdateFunc: func(_, obj any) { s.onNode(obj, peers) },
+		DeleteFunc: func(obj any) {
+			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = d.Obj
+			}
+			if n, ok := obj.(*v1.Node); ok {
+				peers.Delete(n.Name)
+			}
+		},
+	})
+	if err != nil {
+		return err
+	}
+	go s.informer.RunWithContext(ctx)
+	go func() {
+		if cache.WaitForCacheSync(ctx.Done(), s.informer.HasSynced) {
+			klog.InfoS("Node cache synced", "peers", peers.Len())
+			peers.MarkSynced()
+		}
+	}()
+	return nil
+}
+
+func (s *Source) onNode(obj any, peers *subnet.Peers) {
+	n, ok := obj.(*v1.Node)
+	if !ok {
+		return
+	}
+	if n.Name == s.cfg.NodeName {
+		s.mu.Lock()
+		s.own = n
+		s.mu.Unlock()
+		select {
+		case s.ownWake <- struct{}{}:
+		default:
+		}
+		return
+	}
+	if !s.ann.isManaged(n) {
+		peers.Delete(n.Name)
+		return
+	}
+	l, err := s.ann.leaseFromNode(n)
+	if err != nil {
+		klog.InfoS("Skipping peer with unusable annotations", "node", n.Name, "err", err)
+		peers.Delete(n.Name)
+		return
+	}
+	peers.Set(l)
+}
+
+func (s *Source) ownNode() *v1.Node {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.own
+}
+
+// waitSynced waits for the informer's initial list, logging while the API
+// server does not answer.
+func (s *Source) waitSynced(ctx context.Context) error {
+	for !s.informer.HasSynced() {
+		waitCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		ok := cache.WaitForCacheSync(waitCtx.Done(), s.informer.HasSynced)
+		cancel()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if !ok {
+			klog.InfoS("Still waiting for the list of Nodes from the API server")
+		}
+	}
+	return nil
+}
+
+// PreviousAttrs implements subnet.Source.
+func (s *Source) PreviousAttrs(ctx context.Context) (*subnet.LeaseAttrs, error) {
+	if err := s.waitSynced(ctx); err != nil {
+		return nil, err
+	}
+	n := s.ownNode()
+	if n == nil || n.Annotations[s.ann.BackendType] == "" {
+		return nil, nil
+	}
+	l, err := s.ann.leaseFromNode(n)
+	if err != nil {
+		l.Attrs.BackendType = n.Annotations[s.ann.BackendType]
+		l.Attrs.BackendData = json.RawMessage(n.Annotations[s.ann.BackendData])
+	}
+	return &l.Attrs, nil
+}
+
+// AcquireLease implements subnet.Source: the lease is the node's podCIDR.
+// While the node has none it waits, saying why; a podCIDR outside the
+// Network is an error.
+func (s *Source) AcquireLease(ctx context.Context, attrs subnet.LeaseAttrs) (subnet.Lease, error) {
+	if err := s.waitSynced(ctx); err != nil {
+		return subnet.Lease{}, err
+	}
+	n, err := s.waitPodCIDR(ctx)
+	if err != nil {
+		return subnet.Lease{}, err
+	}
+	lease := subnet.Lease{Name: n.Name}
+	if lease.Subnet, lease.IPv6Subnet, err = podCIDRs(n); err != nil {
+		return lease, err
+	}
+	if err := s.checkSubnets(lease); err != nil {
+		return lease, err
+	}
+	if lease.Attrs, err = s.advertisedAttrs(n, attrs); err != nil {
+		return lease, err
+	}
+	if patch := s.ann.annotationPatch(n, lease.Attrs); patch != nil {
+		body, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": patch}})
+		if err != nil {
+			return lease, err
+		}
+		err = retry(ctx, "publish node annotations", func() error {
+			_, err := s.cfg.Client.CoreV1().Nodes().Patch(ctx, n.Name, types.StrategicMergePatchType, body, metav1.PatchOptions{}, "status")
+			return err
+		})
+		if err != nil {
+			return lease, err
+		}
+		klog.InfoS("Published node annotations", "node", n.Name, "annotations", patch)
+	}
+	return lease, nil
+}
+
+// waitPodCIDR waits until this node exists and has a podCIDR.
+func (s *Source) waitPodCIDR(ctx context.Context) (*v1.Node, error) {
+	delay := time.Second
+	for {
+		n := s.ownNode()
+		var reason string
+		switch {
+		case n == nil:
+			reason = "the Node object does not exist"
+		case n.Spec.PodCIDR == "" && len(n.Spec.PodCIDRs) == 0:
+			reason = "the Node has no podCIDR yet (is the controller-manager allocating node CIDRs?)"
+		default:
+			return n, nil
+		}
+		klog.InfoS("Waiting for this node's podCIDR", "node", s.cfg.NodeName, "reason", reason, "retryIn", delay)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-s.ownWake:
+		case <-time.After(delay):
+			delay = min(2*delay, 30*time.Second)
+		}
+	}
+}
+
+func (s *Source) checkSubnets(l subnet.Lease) error {
+	c := s.cfg.Network
+	if c.EnableIPv4 {
+		if !l.Subnet.IsValid() {
+			return fmt.Errorf("node %s has no IPv4 podCIDR, but the network config enables IPv4", l.Name)
+		}
+		if err := c.CheckSubnet(l.Subnet); err != nil {
+			return err
+		}
+	}
+	if c.EnableIPv6 {
+		if !l.IPv6Subnet.IsValid() {
+			return fmt.Errorf("node %s has no IPv6 podCIDR, but the network config enables IPv6", l.Name)
+		}
+		if err := c.CheckSubnet(l.IPv6Subnet); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// advertisedAttrs applies the operator's annotations to attrs:
+// public-ip-overwrite always wins; node-public-ip applies unless
+// --public-ip was given.
+func (s *Source) advertisedAttrs(n *v1.Node, attrs subnet.LeaseAttrs) (subnet.LeaseAttrs, error) {
+	pick := func(cur netip.Addr, explicit bool, overwrite, nodeIP string, is4 bool) (netip.Addr, error) {
+		if a, err := parseAddrAnnotation(n, overwrite, is4); err != nil || a.IsValid() {
+			if a.IsValid() {
+				klog.InfoS("Advertising the public IP set by annotation", "annotation", overwrite, "ip", a)
+			}
+			return a, err
+		}
+		if !explicit {
+			if a, err := parseAddrAnnotation(n, nodeIP, is4); err != nil || a.IsValid() {
+				return a, err
+			}
+		}
+		return cur, nil
+	}
+	var err error
+	if attrs.PublicIP, err = pick(attrs.PublicIP, s.cfg.ExplicitPublicIP, s.ann.PublicIPOverwrite, s.ann.NodePublicIP, true); err != nil {
+		return attrs, err
+	}
+	if attrs.PublicIPv6, err = pick(attrs.PublicIPv6, s.cfg.ExplicitPublicIPv6, s.ann.PublicIPv6Overwrite, s.ann.NodePublicIPv6, false); err != nil {
+		return attrs, err
+	}
+	return attrs, nil
+}
+
+// ReportReady implements subnet.Source: NetworkUnavailable=False, reason
+// FlannelIsUp.
+func (s *Source) ReportReady(ctx context.Context) error {
+	if !s.cfg.SetNetworkUnavailable {
+		return nil
+	}
+	now := metav1.Now()
+	body, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []v1.NodeCondition{{
+		Type:               v1.NodeNetworkUnavailable,
+		Status:             v1.ConditionFalse,
+		Reason:             "FlannelIsUp",
+		Message:            "Flannel is running on this node",
+		LastTransitionTime: now,
+		LastHeartbeatTime:  now,
+	}}}})
+	if err != nil {
+		return err
+	}
+	return retry(ctx, "set NetworkUnavailable=False", func() error {
+		_, err := s.cfg.Client.CoreV1().Nodes().PatchStatus(ctx, s.cfg.NodeName, body)
+		return err
+	})
+}
+
+// retry calls f with capped exponential backoff until it succeeds or ctx
+// ends, logging each failure.
+func retry(ctx context.Context, what string, f func() error) error {
+	delay := 500 * time.Millisecond
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		klog.ErrorS(err, "API request failed; retrying", "request", what, "retryIn", delay)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w (last error: %v)", what, ctx.Err(), err)
+		case <-time.After(delay):
+			delay = min(2*delay, 15*time.Second)
+		}
+	}
+}

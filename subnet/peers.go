@@ -1,0 +1,122 @@
+package subnet
+
+import (
+	"context"
+	"slices"
+	"sync"
+)
+
+// Source is where leases come from: the Kubernetes Node objects or etcd.
+type Source interface {
+	// Start begins watching the cluster's leases into peers (never this
+	// node's own) and returns; everything stops with ctx. peers is marked
+	// synced once the source has delivered its complete initial view.
+	Start(ctx context.Context, peers *Peers) error
+	// PreviousAttrs waits for the source's initial view and returns what
+	// this node advertised before (nil if nothing), so a backend can keep
+	// its identity (the VTEP MAC) stable across restarts.
+	PreviousAttrs(ctx context.Context) (*LeaseAttrs, error)
+	// AcquireLease waits for this node's lease, publishes attrs with it and
+	// returns it. The returned attributes are those actually advertised (an
+	// operator's public-ip-overwrite wins, for example).
+	AcquireLease(ctx context.Context, attrs LeaseAttrs) (Lease, error)
+	// ReportReady tells the cluster that this node's network is up.
+	ReportReady(ctx context.Context) error
+}
+
+// Peers is the set of peer leases, written by a lease source and read by
+// the sync loop. Writers only record what changed and wake the reader; the
+// reader drains the changes at its own pace, so a burst of events costs one
+// sync and never queues without bound.
+type Peers struct {
+	mu      sync.Mutex
+	leases  map[string]Lease
+	dirty   map[string]struct{}
+	synced  bool
+	changed chan struct{}
+}
+
+// NewPeers returns an empty set.
+func NewPeers() *Peers {
+	return &Peers{leases: map[string]Lease{}, dirty: map[string]struct{}{}, changed: make(chan struct{}, 1)}
+}
+
+func (p *Peers) wake() {
+	select {
+	case p.changed <- struct{}{}:
+	default:
+	}
+}
+
+// Set adds or updates a peer's lease. An identical lease is not a change.
+func (p *Peers) Set(l Lease) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if old, ok := p.leases[l.Name]; ok && old.Equal(l) {
+		return
+	}
+	p.leases[l.Name] = l
+	p.dirty[l.Name] = struct{}{}
+	p.wake()
+}
+
+// Delete removes a peer; deleting an unknown peer is not a change.
+func (p *Peers) Delete(name string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.leases[name]; !ok {
+		return
+	}
+	delete(p.leases, name)
+	p.dirty[name] = struct{}{}
+	p.wake()
+}
+
+// MarkSynced records that the source has delivered its complete initial
+// view: from now on a peer missing from the set is really gone.
+func (p *Peers) MarkSynced() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.synced {
+		p.synced = true
+		p.wake()
+	}
+}
+
+// Changed is signalled (level-triggered, coalesced) after any change.
+func (p *Peers) Changed() <-chan struct{} { return p.changed }
+
+// Len returns the number of peers.
+func (p *Peers) Len() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.leases)
+}
+
+// Drain returns the peers changed since the last Drain: the current lease,
+// or nil for a deleted peer, and whether the source has synced.
+func (p *Peers) Drain() (changed map[string]*Lease, synced bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	changed = make(map[string]*Lease, len(p.dirty))
+	for name := range p.dirty {
+		if l, ok := p.leases[name]; ok {
+			changed[name] = &l
+		} else {
+			changed[name] = nil
+		}
+	}
+	clear(p.dirty)
+	return changed, p.synced
+}
+
+// Equal reports whether two leases are the same in every field.
+func (l Lease) Equal(o Lease) bool {
+	return l.Name == o.Name && l.Subnet == o.Subnet && l.IPv6Subnet == o.IPv6Subnet && l.Attrs.Equal(o.Attrs)
+}
+
+// Equal reports whether two attribute sets are the same.
+func (a LeaseAttrs) Equal(o LeaseAttrs) bool {
+	return a.PublicIP == o.PublicIP && a.PublicIPv6 == o.PublicIPv6 && a.BackendType == o.BackendType &&
+		slices.Equal(a.BackendData, o.BackendData) && slices.Equal(a.BackendV6Data, o.BackendV6Data)
+}
