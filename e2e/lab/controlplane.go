@@ -22,9 +22,9 @@ import (
 )
 
 const (
-	apiServerPort   = 6443
-	etcdClientURL   = "http://127.0.0.1:2379"
-	etcdPeerURL     = "http://127.0.0.1:2380"
+	apiServerPort = 6443
+	etcdClientURL = "http://127.0.0.1:2379"
+	etcdPeerURL   = "http://127.0.0.1:2380"
 	// flannelUser is the identity flanneld runs as in the lab.
 	flannelUser = "flannel"
 	// startupTimeout bounds etcd's and kube-apiserver's start (generous: the
