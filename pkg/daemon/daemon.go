@@ -51,6 +51,10 @@ func Run(ctx context.Context, o Options) error {
 		return errors.New("EnableNFTables is not supported in this build yet; remove it to use iptables")
 	}
 
+	if o.IPBlackholeRoute {
+		klog.InfoS("--ip-blackhole-route is accepted for compatibility but not acted on in this release")
+	}
+
 	h, err := netlink.NewHandle()
 	if err != nil {
 		return fmt.Errorf("open netlink: %w", err)

@@ -1,0 +1,116 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flanneld/flanneld/e2e/lab"
+)
+
+const exitTimeout = 30 * time.Second
+
+// TestFlanneldStartup checks how flanneld starts: it refuses a bad
+// configuration before touching anything, and it waits for a Node without
+// a podCIDR instead of exiting (REFERENCE sections 2 and 3).
+func TestFlanneldStartup(t *testing.T) {
+	l := lab.New(t)
+	lab.RequireBinary(t, lab.BinaryFlanneld)
+
+	t.Run("bad net-conf JSON", func(t *testing.T) {
+		n := l.AddNode(t, "n2", podCIDR(2))
+		conf := writeNodeFile(t, n, "net-conf.json", `{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}`)
+		checkRefusesConfig(t, l, n, conf, regexp.MustCompile(`(?i)json|net-conf|config`))
+	})
+
+	t.Run("unknown backend type", func(t *testing.T) {
+		n := l.AddNode(t, "n3", podCIDR(3))
+		conf := writeNodeFile(t, n, "net-conf.json", `{"Network":"10.244.0.0/16","Backend":{"Type":"foo"}}`)
+		checkRefusesConfig(t, l, n, conf, regexp.MustCompile(`foo`))
+	})
+
+	t.Run("waits for podCIDR", func(t *testing.T) {
+		n := l.AddNode(t, "n1", "")
+		p := l.StartFlanneld(t, n)
+		mentionsPodCIDR := regexp.MustCompile(`(?i)pod ?cidr`)
+		lab.WaitFor(t, "flanneld to log that it waits for a podCIDR", exitTimeout, func() error {
+			if !p.Running() {
+				return fmt.Errorf("flanneld exited (status %d); stderr:\n%s", p.ExitCode(), p.Log())
+			}
+			if line := firstMatchingLine(p.Log(), mentionsPodCIDR); line == "" {
+				return fmt.Errorf("no log line mentions the podCIDR yet")
+			}
+			return nil
+		})
+		t.Logf("flanneld says: %s", firstMatchingLine(p.Log(), mentionsPodCIDR))
+		if _, err := os.Stat(n.SubnetFile); err == nil {
+			t.Errorf("subnet.env written before the Node has a podCIDR")
+		}
+
+		l.SetPodCIDR(t, n, podCIDR(1))
+		got := n.WaitSubnetEnv(t, 2*readyTimeout)
+		if want := expectedSubnetEnv(1); got != want {
+			t.Errorf("subnet.env:\n%s\nwant:\n%s", got, want)
+		}
+		n.WaitReady(t, readyTimeout)
+	})
+}
+
+// checkRefusesConfig starts flanneld on n with net-conf.json conf and checks
+// that it exits with status 1, says why on stderr (matching why), and left
+// no trace: no flannel.1, no subnet.env, no annotations, no rules.
+func checkRefusesConfig(t *testing.T, l *lab.Lab, n *lab.Node, conf string, why *regexp.Regexp) {
+	t.Helper()
+	p := l.StartFlanneld(t, n, "--net-config-path="+conf)
+	code, exited := p.WaitExit(exitTimeout)
+	if !exited {
+		t.Fatalf("flanneld still running %v after start with a bad configuration; stderr:\n%s", exitTimeout, p.Log())
+	}
+	stderr := p.Log()
+	if code != 1 {
+		t.Errorf("exit status %d, want 1", code)
+	}
+	if !why.MatchString(stderr) {
+		t.Errorf("stderr does not explain the error (want a match for %s):\n%s", why, stderr)
+	} else {
+		t.Logf("flanneld said: %s", firstMatchingLine(stderr, why))
+	}
+	if _, err := lab.ShowLink(n.Netns, vxlanDevice); err == nil {
+		t.Errorf("%s was created", vxlanDevice)
+	}
+	if _, err := os.Stat(n.SubnetFile); err == nil {
+		t.Errorf("subnet.env was written")
+	}
+	if ann, err := nodeAnnotations(l, n.Name); err != nil {
+		t.Error(err)
+	} else if len(ann) > 0 {
+		t.Errorf("Node %s was annotated: %v", n.Name, ann)
+	}
+	if out, err := lab.Exec(n.Netns, "iptables-save"); err != nil {
+		t.Error(err)
+	} else if strings.Contains(out, "FLANNEL") {
+		t.Errorf("firewall rules were installed:\n%s", out)
+	}
+}
+
+func writeNodeFile(t *testing.T, n *lab.Node, name, content string) string {
+	t.Helper()
+	path := filepath.Join(n.Dir, name)
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func firstMatchingLine(text string, re *regexp.Regexp) string {
+	for _, line := range strings.Split(text, "\n") {
+		if re.MatchString(line) {
+			return line
+		}
+	}
+	return ""
+}
