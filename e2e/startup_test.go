@@ -18,8 +18,9 @@ const exitTimeout = 30 * time.Second
 // configuration before touching anything, and it waits for a Node without
 // a podCIDR instead of exiting (REFERENCE sections 2 and 3).
 func TestFlanneldStartup(t *testing.T) {
-	l := lab.New(t)
+	lab.RequireRoot(t)
 	lab.RequireBinary(t, lab.BinaryFlanneld)
+	l := lab.New(t)
 
 	t.Run("bad net-conf JSON", func(t *testing.T) {
 		n := l.AddNode(t, "n2", podCIDR(2))

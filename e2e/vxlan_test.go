@@ -25,8 +25,9 @@ const (
 // TestVXLANCluster runs flanneld with the vxlan backend on three nodes and
 // checks what REFERENCE sections 3-6 promise, the datapath, and peer removal.
 func TestVXLANCluster(t *testing.T) {
-	l := lab.New(t)
+	lab.RequireRoot(t)
 	lab.RequireBinary(t, lab.BinaryFlanneld)
+	l := lab.New(t)
 
 	nodes := make([]*lab.Node, 3)
 	for i := range nodes {

@@ -9,6 +9,8 @@ import (
 	"os"
 	"strings"
 
+	"k8s.io/klog/v2"
+
 	"github.com/flanneld/flanneld/ip"
 )
 
@@ -345,7 +347,7 @@ func decodeString(key string, raw json.RawMessage, example string) (string, erro
 	return s, nil
 }
 
-// decodeNetwork decodes a CIDR that must be a network address of the family.
+// decodeNetwork decodes a CIDR of the family, masked to its network address.
 func decodeNetwork(key string, raw json.RawMessage, wantV4, required bool) (netip.Prefix, error) {
 	example, family := "fd00:10:244::/56", "IPv6"
 	if wantV4 {
@@ -372,7 +374,9 @@ func decodeNetwork(key string, raw json.RawMessage, wantV4, required bool) (neti
 		return netip.Prefix{}, fmt.Errorf("%s %q must not have a zone", key, s)
 	}
 	if m := p.Masked(); m != p {
-		return netip.Prefix{}, fmt.Errorf("%s %s is not a network address; did you mean %s?", key, p, m)
+		// Upstream accepts host bits and uses the network; so do we.
+		klog.InfoS("Network has host bits set; using its network address", "key", key, "given", p, "using", m)
+		p = m
 	}
 	return p, nil
 }

@@ -112,8 +112,6 @@ func TestParseConfigErrors(t *testing.T) {
 		{"network not a string", `{"Network": 10}`, []string{`Network must be a string like "10.244.0.0/16", not 10`}},
 		{"network not a CIDR", `{"Network": "10.244.0.0"}`, []string{`Network "10.244.0.0" is not a CIDR`}},
 		{"network IPv6", `{"Network": "fd00::/48"}`, []string{"Network fd00::/48 is not an IPv4 network"}},
-		{"network not masked", `{"Network": "10.244.1.0/16"}`,
-			[]string{"Network 10.244.1.0/16 is not a network address; did you mean 10.244.0.0/16?"}},
 		{"IPv6Network IPv4", `{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "10.245.0.0/16"}`,
 			[]string{"IPv6Network 10.245.0.0/16 is not an IPv6 network"}},
 		{"IPv6Network missing", `{"Network": "10.244.0.0/16", "EnableIPv6": true}`, []string{"IPv6Network is missing"}},
@@ -127,8 +125,8 @@ func TestParseConfigErrors(t *testing.T) {
 		{"subnet len out of range", `{"Network": "10.244.0.0/16", "SubnetLen": 33}`, []string{"SubnetLen 33 is not a prefix length between 1 and 32"}},
 		{"subnet min wrong family", `{"Network": "10.244.0.0/16", "SubnetMin": "fd00::"}`, []string{"SubnetMin fd00:: is not an IPv4 address"}},
 		{"subnet max not an IP", `{"Network": "10.244.0.0/16", "SubnetMax": "x"}`, []string{`SubnetMax "x" is not an IP address`}},
-		{"several problems at once", `{"Network": "10.244.1.0/16", "Backend": []}`,
-			[]string{"did you mean 10.244.0.0/16?", "Backend must be an object"}},
+		{"several problems at once", `{"Network": "10.244.0.0", "Backend": []}`,
+			[]string{`Network "10.244.0.0" is not a CIDR`, "Backend must be an object"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -356,5 +354,16 @@ func TestCheckSubnet(t *testing.T) {
 		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
 			t.Errorf("CheckSubnet(%s) = %v, want %q", tt.subnet, err, tt.want)
 		}
+	}
+}
+
+// Upstream uses the network of a CIDR with host bits; so must a drop-in.
+func TestParseConfigMasksHostBits(t *testing.T) {
+	c, err := ParseConfig([]byte(`{"Network": "10.244.1.0/16"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Network.String() != "10.244.0.0/16" {
+		t.Fatalf("Network %s, want 10.244.0.0/16", c.Network)
 	}
 }
