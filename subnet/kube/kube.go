@@ -45,6 +45,9 @@ type Source struct {
 	ann Annotations
 
 	informer cache.SharedIndexInformer
+	// synced reports whether the event handler has seen the initial list
+	// (the informer's own HasSynced turns true before that).
+	synced func() bool
 
 	mu      sync.Mutex
 	own     *v1.Node      // this node, as last seen by the informer
@@ -117,7 +120,7 @@ func (s *Source) Start(ctx context.Context, peers *subnet.Peers) error {
 	if err := s.informer.SetTransform(s.ann.stripNode); err != nil {
 		return err
 	}
-	_, err := s.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	reg, err := s.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { s.onNode(obj, peers) },
 		UpdateFunc: func(_, obj any) { s.onNode(obj, peers) },
 		DeleteFunc: func(obj any) {
@@ -132,9 +135,10 @@ func (s *Source) Start(ctx context.Context, peers *subnet.Peers) error {
 	if err != nil {
 		return err
 	}
+	s.synced = reg.HasSynced
 	go s.informer.RunWithContext(ctx)
 	go func() {
-		if cache.WaitForCacheSync(ctx.Done(), s.informer.HasSynced) {
+		if cache.WaitForCacheSync(ctx.Done(), s.synced) {
 			klog.InfoS("Node cache synced", "peers", peers.Len())
 			peers.MarkSynced()
 		}
@@ -179,9 +183,9 @@ func (s *Source) ownNode() *v1.Node {
 // waitSynced waits for the informer's initial list, logging while the API
 // server does not answer.
 func (s *Source) waitSynced(ctx context.Context) error {
-	for !s.informer.HasSynced() {
+	for !s.synced() {
 		waitCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
-		ok := cache.WaitForCacheSync(waitCtx.Done(), s.informer.HasSynced)
+		ok := cache.WaitForCacheSync(waitCtx.Done(), s.synced)
 		cancel()
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -280,7 +284,7 @@ func (s *Source) checkSubnets(l subnet.Lease) error {
 			return fmt.Errorf("node %s has no IPv4 podCIDR, but the network config enables IPv4", l.Name)
 		}
 		if err := c.CheckSubnet(l.Subnet); err != nil {
-			return err
+			return fmt.Errorf("podCIDR of node %s: %w", l.Name, err)
 		}
 	}
 	if c.EnableIPv6 {
@@ -288,7 +292,7 @@ func (s *Source) checkSubnets(l subnet.Lease) error {
 			return fmt.Errorf("node %s has no IPv6 podCIDR, but the network config enables IPv6", l.Name)
 		}
 		if err := c.CheckSubnet(l.IPv6Subnet); err != nil {
-			return err
+			return fmt.Errorf("podCIDR of node %s: %w", l.Name, err)
 		}
 	}
 	return nil

@@ -272,32 +272,50 @@ func TestSourceMarksPeersSynced(t *testing.T) {
 
 // TestSourceSyncedOnlyAfterHandlers checks that the source reports its
 // initial view only once its event handler has seen every listed Node. The
-// informer's own HasSynced turns true when the list is in its store, which
-// can be before the handler ran for the last Nodes; PreviousAttrs and
-// MarkSynced must wait for the handler.
+// informer's own HasSynced turns true as soon as the list is in its store,
+// tens of milliseconds before the handler has run for thousands of Nodes
+// (client-go documents this: "this doesn't tell you if an individual handler
+// is synced"). PreviousAttrs must not answer nil for a Node that exists, and
+// the peers must not be marked synced while listed peers are missing (a sync
+// loop would prune their routes). The race is provoked by calling
+// PreviousAttrs the moment the informer says it has synced.
 func TestSourceSyncedOnlyAfterHandlers(t *testing.T) {
 	if testing.Short() {
-		t.Skip("lists many nodes")
+		t.Skip("lists thousands of nodes")
 	}
-	const n = 3000
-	objs := make([]runtime.Object, 0, n+1)
-	for i := range n {
-		// Malformed peers: each costs the handler a log line.
-		objs = append(objs, makeNode("a-peer-"+strconv.Itoa(i), managedAnn("bad"), "10.244.2.0/24"))
+	const malformed, good = 2000, 1000
+	var objs []runtime.Object
+	for i := range malformed + good {
+		ann := managedAnn("192.168.100.12")
+		if i%3 != 0 {
+			ann = managedAnn("bad") // costs the handler a log line
+		}
+		objs = append(objs, makeNode("peer-"+strconv.Itoa(i), ann, "10.244.2.0/24"))
 	}
-	// Listed last (the fake lists in name order).
-	objs = append(objs, makeNode("zz-"+ownName, map[string]string{annBackendType: "vxlan", annBackendData: vxlanData}))
-	for round := range 3 {
+	// Listed last: the fake lists in name order.
+	const own = "zz-self"
+	objs = append(objs, makeNode(own, map[string]string{annBackendType: "vxlan", annBackendData: vxlanData}))
+	for round := range 5 {
 		c := newFakeCluster(t, objs...)
-		s, peers := startSource(t, c, Config{NodeName: "zz-" + ownName})
-		prev, err := s.PreviousAttrs(context.Background())
+		s, peers := startSource(t, c, Config{NodeName: own})
+		deadline := time.Now().Add(waitTimeout)
+		for !s.informer.HasSynced() && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Microsecond)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		prev, err := s.PreviousAttrs(ctx)
+		cancel()
 		if err != nil {
 			t.Fatalf("PreviousAttrs: %v", err)
 		}
 		if prev == nil {
-			t.Fatalf("round %d: PreviousAttrs returned nil although the own Node was in the initial list", round)
+			t.Fatalf("round %d: PreviousAttrs returned nil although this node, with its annotations, was in the initial list", round)
 		}
-		_ = peers
+		m := newPeerMirror(peers)
+		m.waitFor(t, "the initial sync", func() bool { return m.synced })
+		if len(m.leases) != good {
+			t.Fatalf("round %d: peers marked synced with %d of the %d listed peers", round, len(m.leases), good)
+		}
 	}
 }
 
