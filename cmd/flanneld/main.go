@@ -115,7 +115,8 @@ func parseOptions(args, environ []string, stderr io.Writer) (daemon.Options, boo
 }
 
 // setFromEnv sets each flag not given on the command line from its
-// FLANNELD_<NAME> variable. Repeatable flags take a comma-separated list.
+// FLANNELD_<NAME> variable, unless that is empty. Repeatable flags take a
+// comma-separated list.
 func setFromEnv(fs *pflag.FlagSet, environ []string) error {
 	env := map[string]string{}
 	for _, kv := range environ {
@@ -130,8 +131,8 @@ func setFromEnv(fs *pflag.FlagSet, environ []string) error {
 		}
 		key := "FLANNELD_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
 		v, ok := env[key]
-		if !ok {
-			return
+		if !ok || v == "" {
+			return // upstream ignores empty variables too
 		}
 		values := []string{v}
 		if f.Value.Type() == "stringArray" {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/flanneld/flanneld/subnet/kube"
@@ -87,10 +88,8 @@ func (o *Options) Validate() error {
 	if o.HealthzPort < 0 || o.HealthzPort > 65535 {
 		bad("--healthz-port must be between 0 and 65535, got %d", o.HealthzPort)
 	}
-	if o.HealthzPort > 0 {
-		if _, err := netip.ParseAddr(o.HealthzIP); err != nil {
-			bad("--healthz-ip %q is not an IP address", o.HealthzIP)
-		}
+	if o.HealthzPort > 0 && (o.HealthzIP == "" || strings.ContainsAny(o.HealthzIP, " /:[]") && !isIP(o.HealthzIP)) {
+		bad("--healthz-ip %q is not an IP address or host name", o.HealthzIP)
 	}
 	if _, err := o.publicIP(o.PublicIP, true); err != nil {
 		errs = append(errs, err)
@@ -118,6 +117,11 @@ func (o *Options) Validate() error {
 		bad("the resync period must be positive")
 	}
 	return errors.Join(errs...)
+}
+
+func isIP(s string) bool {
+	_, err := netip.ParseAddr(s)
+	return err == nil
 }
 
 // publicIP parses --public-ip (want4) or --public-ipv6; empty is no address.

@@ -23,8 +23,8 @@ func (fakeBackend) Setup(context.Context, *subnet.LeaseAttrs) (subnet.LeaseAttrs
 	return subnet.LeaseAttrs{}, nil
 }
 func (fakeBackend) Configure(context.Context, subnet.Lease) error { return nil }
-func (fakeBackend) MTU() int                                        { return 1450 }
-func (fakeBackend) Base() network.State                             { return network.State{OwnedLinks: []int{9}} }
+func (fakeBackend) MTU() int                                      { return 1450 }
+func (fakeBackend) Base() network.State                           { return network.State{OwnedLinks: []int{9}} }
 func (fakeBackend) PeerState(p subnet.Lease) (network.State, error) {
 	if string(p.Attrs.BackendData) == `"bad"` {
 		return network.State{}, errors.New("bad backend data")

@@ -767,7 +767,7 @@ func TestReportReadyNoNode(t *testing.T) {
 	// it was doing.
 	c := newFakeCluster(t)
 	s := New(Config{Client: c.client, NodeName: ownName, SetNetworkUnavailable: true})
-	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 1200*time.Millisecond)
 	defer cancel()
 	err := s.ReportReady(ctx)
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "NetworkUnavailable") || !strings.Contains(err.Error(), "not found") {
