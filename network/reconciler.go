@@ -247,6 +247,26 @@ func (r *Reconciler) Sync(desired State, full bool) (Result, error) {
 	return res, errors.Join(errs...)
 }
 
+// Drifted reports whether a kernel change notification contradicts what
+// the reconciler applied: an entry it installed was deleted or changed by
+// someone else. Notifications of its own changes are not drift.
+func (r *Reconciler) Drifted(ev kernel.Event) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case ev.Route != nil:
+		have, ok := r.routes[ev.Route.Key()]
+		return ok && (ev.Deleted || *ev.Route != have)
+	case ev.Neigh != nil:
+		have, ok := r.neighs[ev.Neigh.Key()]
+		return ok && (ev.Deleted || *ev.Neigh != have)
+	case ev.FDB != nil:
+		have, ok := r.fdbs[ev.FDB.Key()]
+		return ok && (ev.Deleted || *ev.FDB != have)
+	}
+	return false
+}
+
 // readOwned reads the entries flanneld owns from the kernel: routes with its
 // protocol or through an owned link, and the permanent neighbour and FDB
 // entries of owned links.

@@ -83,6 +83,17 @@ func (p *Peers) MarkSynced() {
 	}
 }
 
+// MarkAllDirty makes the next Drain return every peer, for when something
+// all peers' state depends on changed (the backend's device was recreated).
+func (p *Peers) MarkAllDirty() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for name := range p.leases {
+		p.dirty[name] = struct{}{}
+	}
+	p.wake()
+}
+
 // Changed is signalled (level-triggered, coalesced) after any change.
 func (p *Peers) Changed() <-chan struct{} { return p.changed }
 

@@ -1,6 +1,7 @@
 package vxlan
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -97,11 +98,17 @@ func (b *Backend) previousMAC(prev *subnet.LeaseAttrs) net.HardwareAddr {
 // compatible existing one with its MAC, and returns the attributes to
 // advertise.
 func (b *Backend) Setup(_ context.Context, prev *subnet.LeaseAttrs) (subnet.LeaseAttrs, error) {
+	// At start-up an existing device keeps its MAC and a new one gets the
+	// MAC advertised before; afterwards the MAC advertised now is enforced.
+	mac, enforceMAC := b.previousMAC(prev), !b.mac.IsZero()
+	if enforceMAC {
+		mac = b.mac.HardwareAddr()
+	}
 	want := &netlink.Vxlan{
 		LinkAttrs: netlink.LinkAttrs{
 			Name:         b.name,
 			MTU:          b.mtu,
-			HardwareAddr: b.previousMAC(prev),
+			HardwareAddr: mac,
 		},
 		VxlanId:      b.opts.VNI,
 		VtepDevIndex: b.ext.Index,
@@ -110,16 +117,16 @@ func (b *Backend) Setup(_ context.Context, prev *subnet.LeaseAttrs) (subnet.Leas
 		Learning:     b.opts.Learning,
 		GBP:          b.opts.GBP,
 	}
-	link, err := ensureDevice(b.h, want)
+	link, err := ensureDevice(b.h, want, enforceMAC)
 	if err != nil {
 		return subnet.LeaseAttrs{}, err
 	}
-	mac, err := kernel.MACFromHardwareAddr(link.Attrs().HardwareAddr)
+	devMAC, err := kernel.MACFromHardwareAddr(link.Attrs().HardwareAddr)
 	if err != nil {
 		return subnet.LeaseAttrs{}, fmt.Errorf("vxlan device %s: %w", b.name, err)
 	}
-	b.linkIndex, b.mac = link.Attrs().Index, mac
-	data, err := json.Marshal(Data{VNI: b.opts.VNI, VtepMAC: mac.String()})
+	b.linkIndex, b.mac = link.Attrs().Index, devMAC
+	data, err := json.Marshal(Data{VNI: b.opts.VNI, VtepMAC: devMAC.String()})
 	if err != nil {
 		return subnet.LeaseAttrs{}, err
 	}
@@ -136,6 +143,9 @@ func (b *Backend) Configure(_ context.Context, own subnet.Lease) error {
 	addr := netip.PrefixFrom(own.Subnet.Masked().Addr(), 32)
 	if err := ensureOnlyAddress(b.h, link, addr); err != nil {
 		return err
+	}
+	if link.Attrs().Flags&net.FlagUp != 0 {
+		return nil
 	}
 	if err := b.h.LinkSetUp(link); err != nil {
 		return fmt.Errorf("set %s up: %w", b.name, err)
@@ -165,20 +175,30 @@ func compatible(have netlink.Link, want *netlink.Vxlan) (bool, string) {
 }
 
 // ensureDevice returns the VXLAN device want describes, reusing a
-// compatible existing device (and so its MAC) and replacing an incompatible
-// one.
-func ensureDevice(h *netlink.Handle, want *netlink.Vxlan) (netlink.Link, error) {
+// compatible existing device and replacing an incompatible one. A reused
+// device keeps its MAC unless enforceMAC is set.
+func ensureDevice(h *netlink.Handle, want *netlink.Vxlan, enforceMAC bool) (netlink.Link, error) {
 	name := want.Name
 	have, err := h.LinkByName(name)
 	if err == nil {
 		ok, why := compatible(have, want)
 		if ok {
+			if have.Attrs().MTU == want.MTU && (!enforceMAC || bytes.Equal(have.Attrs().HardwareAddr, want.HardwareAddr)) {
+				klog.V(4).InfoS("VXLAN device is as expected", "device", name)
+				return have, nil
+			}
 			if have.Attrs().MTU != want.MTU {
+				klog.InfoS("Fixing MTU of VXLAN device", "device", name, "mtu", have.Attrs().MTU, "want", want.MTU)
 				if err := h.LinkSetMTU(have, want.MTU); err != nil {
 					return nil, fmt.Errorf("set MTU of %s to %d: %w", name, want.MTU, err)
 				}
 			}
-			klog.InfoS("Reusing existing VXLAN device", "device", name, "mac", have.Attrs().HardwareAddr)
+			if enforceMAC && !bytes.Equal(have.Attrs().HardwareAddr, want.HardwareAddr) {
+				klog.InfoS("Restoring the advertised MAC of VXLAN device", "device", name, "mac", have.Attrs().HardwareAddr, "want", want.HardwareAddr)
+				if err := h.LinkSetHardwareAddr(have, want.HardwareAddr); err != nil {
+					return nil, fmt.Errorf("set MAC of %s to %s: %w", name, want.HardwareAddr, err)
+				}
+			}
 			return h.LinkByName(name)
 		}
 		klog.InfoS("Replacing incompatible VXLAN device", "device", name, "reason", why)

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"testing"
 	"time"
 
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -37,6 +38,7 @@ type controlPlane struct {
 	netns             string
 	dir               string
 	etcd, apiserver   *Process
+	apiserverArgv     []string // to restart the same server (StartAPIServer)
 	adminToken        string
 	flannelToken      string
 	adminKubeconfig   string
@@ -84,17 +86,9 @@ func (l *Lab) startControlPlane(etcdBin, apiserverBin string) (*controlPlane, er
 	if err != nil {
 		return nil, err
 	}
-	cp.apiserver, err = l.start(cp.netns, "kube-apiserver", nil, append([]string{apiserverBin}, args...))
-	if err != nil {
+	cp.apiserverArgv = append([]string{apiserverBin}, args...)
+	if err := l.runAPIServer(cp); err != nil {
 		return nil, err
-	}
-	insecure := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext:       DialContextIn(cp.netns),
-		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true},
-		DisableKeepAlives: true,
-	}}
-	if err := waitHTTP(cp.apiserver, insecure, APIServerURL()+"/readyz", cp.adminToken); err != nil {
-		return nil, fmt.Errorf("kube-apiserver: %w", err)
 	}
 	cp.client, err = kubernetes.NewForConfig(cp.restConfig())
 	if err != nil {
@@ -105,6 +99,49 @@ func (l *Lab) startControlPlane(etcdBin, apiserverBin string) (*controlPlane, er
 	}
 	return cp, nil
 }
+
+// runAPIServer starts kube-apiserver with cp.apiserverArgv and waits until
+// it is ready.
+func (l *Lab) runAPIServer(cp *controlPlane) error {
+	p, err := l.start(cp.netns, "kube-apiserver", nil, cp.apiserverArgv)
+	if err != nil {
+		return err
+	}
+	cp.apiserver = p
+	insecure := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext:       DialContextIn(cp.netns),
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true},
+		DisableKeepAlives: true,
+	}}
+	if err := waitHTTP(p, insecure, APIServerURL()+"/readyz", cp.adminToken); err != nil {
+		return fmt.Errorf("kube-apiserver: %w", err)
+	}
+	return nil
+}
+
+// StopAPIServer stops kube-apiserver (SIGTERM, then SIGKILL after a
+// timeout) and waits for it to exit; etcd keeps running, so StartAPIServer
+// brings back the same cluster.
+func (l *Lab) StopAPIServer(t testing.TB) {
+	t.Helper()
+	l.cp.apiserver.Stop()
+	l.cp.close()
+}
+
+// StartAPIServer starts kube-apiserver again after StopAPIServer, with the
+// same etcd, certificates, tokens and flags, and waits until it is ready.
+func (l *Lab) StartAPIServer(t testing.TB) {
+	t.Helper()
+	if l.cp.apiserver.Running() {
+		t.Fatalf("kube-apiserver is already running")
+	}
+	if err := l.runAPIServer(l.cp); err != nil {
+		t.Fatalf("restarting kube-apiserver: %v", err)
+	}
+}
+
+// APIServerProcess is the running (or last) kube-apiserver process.
+func (l *Lab) APIServerProcess() *Process { return l.cp.apiserver }
 
 // writeAPIServerFiles writes the token file, the service-account key and the
 // kubeconfigs, and returns kube-apiserver's arguments.

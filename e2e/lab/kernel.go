@@ -11,6 +11,7 @@ import (
 
 // Link is one entry of `ip -d -j link show`.
 type Link struct {
+	IfIndex   int      `json:"ifindex"`
 	IfName    string   `json:"ifname"`
 	Flags     []string `json:"flags"`
 	MTU       int      `json:"mtu"`

@@ -132,21 +132,15 @@ func Run(ctx context.Context, o Options) error {
 	klog.InfoS("Wrote subnet file", "path", o.SubnetFile, "subnet", env.Subnet, "mtu", env.MTU)
 
 	status.SetReady(false, "waiting for the first sync of peers")
-	loop := &syncLoop{
-		backend:    be,
-		reconciler: network.NewReconciler(kernel.NewNetlink(h)),
-		peers:      peers,
-		own:        lease,
-		resync:     o.Resync,
-		status:     status,
-		onFirstSync: func() {
-			if err := src.ReportReady(ctx); err != nil {
-				klog.ErrorS(err, "Could not report the node's network as available")
-			}
-			status.SetReady(true, "")
-			klog.InfoS("flanneld is ready", "node", nodeName, "subnet", lease.Subnet, "peers", peers.Len())
-		},
+	loop := newSyncLoop(be, network.NewReconciler(kernel.NewNetlink(h)), peers, lease, o.Resync, status)
+	loop.onFirstSync = func() {
+		if err := src.ReportReady(ctx); err != nil {
+			klog.ErrorS(err, "Could not report the node's network as available")
+		}
+		status.SetReady(true, "")
+		klog.InfoS("flanneld is ready", "node", nodeName, "subnet", lease.Subnet, "peers", peers.Len())
 	}
+	loop.watchKernel(ctx, ext.Index)
 	loopDone := make(chan struct{})
 	go func() {
 		defer close(loopDone)
@@ -176,6 +170,7 @@ func joinNetwork(ctx context.Context, src subnet.Source, be backend.Backend) (su
 	if err != nil {
 		return subnet.Lease{}, err
 	}
+	klog.InfoS("Backend device ready", "backend", attrs.BackendType, "data", string(attrs.BackendData))
 	lease, err := src.AcquireLease(ctx, attrs)
 	if err != nil {
 		return subnet.Lease{}, err

@@ -2,13 +2,20 @@ package daemon
 
 import (
 	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
 	"k8s.io/klog/v2"
 
 	"github.com/flanneld/flanneld/backend"
+	"github.com/flanneld/flanneld/ip"
 	"github.com/flanneld/flanneld/network"
 	"github.com/flanneld/flanneld/pkg/health"
+	"github.com/flanneld/flanneld/pkg/kernel"
 	"github.com/flanneld/flanneld/subnet"
 )
 
@@ -16,12 +23,17 @@ const (
 	// minSyncInterval coalesces bursts of lease events into one pass.
 	minSyncInterval = 100 * time.Millisecond
 	maxRetryDelay   = 30 * time.Second
+	// Drift repairs: a few at once, then at most one full pass every
+	// repairInterval, so flanneld never fights another agent in a tight loop.
+	repairBurst    = 5
+	repairInterval = time.Second
 )
 
 // syncLoop is the one loop that programs peers: lease events only mark
 // peers dirty; the loop recomputes those peers' desired state and lets the
-// reconciler apply the difference, with a periodic full pass that repairs
-// drift and prunes stale entries.
+// reconciler apply the difference. Full passes (the first, every resync
+// period, and after drift) also check the device and compare with the
+// kernel, repairing what someone changed and pruning what is stale.
 type syncLoop struct {
 	backend     backend.Backend
 	reconciler  *network.Reconciler
@@ -31,17 +43,59 @@ type syncLoop struct {
 	status      *health.Status
 	onFirstSync func()
 
-	// states is each usable peer's desired state, recomputed only when
-	// that peer's lease changes.
-	states map[string]network.State
+	// drift is signalled (coalesced) when the kernel reports that
+	// something flanneld owns changed.
+	drift chan struct{}
+
+	// leases are all current peer leases; states the desired state of
+	// each programmed peer, recomputed only when its lease changes;
+	// overlapping the peers skipped because their subnet overlaps a
+	// programmed peer's, re-examined whenever a peer goes away.
+	leases      map[string]subnet.Lease
+	states      map[string]network.State
+	overlapping map[string]bool
+
+	mu    sync.Mutex
+	owned []int // the backend's owned links, read by the drift watcher
+}
+
+func newSyncLoop(be backend.Backend, rec *network.Reconciler, peers *subnet.Peers, own subnet.Lease, resync time.Duration, status *health.Status) *syncLoop {
+	return &syncLoop{
+		backend:     be,
+		reconciler:  rec,
+		peers:       peers,
+		own:         own,
+		resync:      resync,
+		status:      status,
+		onFirstSync: func() {},
+		drift:       make(chan struct{}, 1),
+		leases:      map[string]subnet.Lease{},
+		states:      map[string]network.State{},
+		overlapping: map[string]bool{},
+		owned:       be.Base().OwnedLinks,
+	}
+}
+
+// kick asks for a full pass because the kernel drifted.
+func (l *syncLoop) kick() {
+	select {
+	case l.drift <- struct{}{}:
+	default:
+	}
+}
+
+func (l *syncLoop) ownedLinks() []int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.owned
 }
 
 func (l *syncLoop) run(ctx context.Context) {
-	l.states = map[string]network.State{}
 	resync := time.NewTicker(l.resync)
 	defer resync.Stop()
+	limiter := rate.NewLimiter(rate.Every(repairInterval), repairBurst)
 	var (
-		retry      <-chan time.Time
+		wait       <-chan time.Time // a retry or a rate-limited repair
 		retryDelay = time.Second
 		synced     bool // the lease source has delivered its initial view
 		first      = true
@@ -54,8 +108,23 @@ func (l *syncLoop) run(ctx context.Context) {
 		case <-l.peers.Changed():
 		case <-resync.C:
 			full = true
-		case <-retry:
-			retry = nil
+		case <-l.drift:
+			full = true
+			if d := limiter.Reserve().Delay(); d > 0 {
+				klog.V(2).InfoS("Rate-limiting drift repair", "delay", d)
+				wait = time.After(d)
+				continue
+			}
+		case <-wait:
+			wait = nil
+		}
+		if full || first {
+			if err := l.ensureDevice(ctx); err != nil {
+				klog.ErrorS(err, "Device check failed; retrying", "retryIn", retryDelay)
+				wait = time.After(retryDelay)
+				retryDelay = min(2*retryDelay, maxRetryDelay)
+				continue
+			}
 		}
 		synced = l.drain() || synced
 		if !synced {
@@ -70,7 +139,7 @@ func (l *syncLoop) run(ctx context.Context) {
 		}
 		if err != nil {
 			klog.ErrorS(err, "Sync failed; retrying", "retryIn", retryDelay)
-			retry = time.After(retryDelay)
+			wait = time.After(retryDelay)
 			retryDelay = min(2*retryDelay, maxRetryDelay)
 			continue
 		}
@@ -92,45 +161,139 @@ func (l *syncLoop) run(ctx context.Context) {
 	}
 }
 
+// watchKernel turns the kernel's change notifications into full passes:
+// when an entry flanneld installed is deleted or changed, when its device is
+// deleted or set down, when the underlay link comes back up, and when
+// notifications were lost.
+func (l *syncLoop) watchKernel(ctx context.Context, extIndex int) {
+	extUp := true
+	kernel.Subscribe(ctx, func(ev kernel.Event) {
+		switch {
+		case ev.Lost:
+			l.kick()
+		case ev.Link != nil:
+			if slices.Contains(l.ownedLinks(), ev.Link.Index) && (ev.Link.Deleted || !ev.Link.Up) {
+				klog.InfoS("Device changed; repairing", "device", ev.Link.Name, "deleted", ev.Link.Deleted, "up", ev.Link.Up)
+				l.kick()
+			}
+			if ev.Link.Index == extIndex {
+				if ev.Link.Up && !extUp {
+					klog.InfoS("External interface is up again; resyncing", "interface", ev.Link.Name)
+					l.kick()
+				}
+				extUp = ev.Link.Up
+			}
+		case l.reconciler.Drifted(ev):
+			klog.V(2).InfoS("Kernel entry changed by someone else", "event", ev)
+			l.kick()
+		}
+	})
+}
+
+// ensureDevice makes sure the backend's device exists and carries the
+// node's lease; when it had to be recreated, every peer is reprogrammed.
+func (l *syncLoop) ensureDevice(ctx context.Context) error {
+	before := l.backend.Base().OwnedLinks
+	attrs, err := l.backend.Setup(ctx, &l.own.Attrs)
+	if err != nil {
+		return err
+	}
+	if !attrs.Equal(l.own.Attrs) {
+		klog.InfoS("The device's attributes differ from those advertised", "advertised", string(l.own.Attrs.BackendData), "device", string(attrs.BackendData))
+	}
+	if err := l.backend.Configure(ctx, l.own); err != nil {
+		return err
+	}
+	after := l.backend.Base().OwnedLinks
+	if !slices.Equal(before, after) {
+		klog.InfoS("Recreated device; reprogramming every peer", "links", after)
+		l.mu.Lock()
+		l.owned = after
+		l.mu.Unlock()
+		l.peers.MarkAllDirty()
+	}
+	return nil
+}
+
 // drain folds the changed peers into states, and reports whether the
-// lease source has synced.
+// lease source has synced. Changed peers are handled in name order, so
+// which of two overlapping peers wins does not depend on event order.
 func (l *syncLoop) drain() bool {
 	changed, synced := l.peers.Drain()
-	for name, lease := range changed {
+	names := make([]string, 0, len(changed))
+	for name := range changed {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	removed := false
+	for _, name := range names {
+		lease := changed[name]
 		if lease == nil {
 			if _, ok := l.states[name]; ok {
 				klog.InfoS("Removing peer", "node", name)
+				removed = true
 			}
 			delete(l.states, name)
+			delete(l.leases, name)
+			delete(l.overlapping, name)
 			continue
 		}
-		st, err := l.peerState(*lease)
-		if err != nil {
-			klog.InfoS("Skipping peer", "node", name, "reason", err.Error())
-			delete(l.states, name)
-			continue
+		if old, ok := l.leases[name]; ok && old.Subnet != lease.Subnet {
+			removed = true // its old subnet may have blocked another peer
 		}
-		if _, ok := l.states[name]; !ok {
-			klog.InfoS("Adding peer", "node", name, "subnet", lease.Subnet, "publicIP", lease.Attrs.PublicIP)
-		} else {
-			klog.InfoS("Updating peer", "node", name, "subnet", lease.Subnet, "publicIP", lease.Attrs.PublicIP)
+		l.leases[name] = *lease
+		l.update(*lease)
+	}
+	if removed {
+		for _, name := range slices.Sorted(maps.Keys(l.overlapping)) {
+			l.update(l.leases[name])
 		}
-		l.states[name] = st
 	}
 	return synced
 }
 
-func (l *syncLoop) peerState(peer subnet.Lease) (network.State, error) {
-	if peer.Subnet.Overlaps(l.own.Subnet) {
-		return network.State{}, &overlapError{peer: peer.Subnet, own: l.own.Subnet}
+// update recomputes one peer's desired state, skipping it with a warning
+// when its lease is unusable.
+func (l *syncLoop) update(lease subnet.Lease) {
+	name := lease.Name
+	st, err := l.peerState(lease)
+	if err != nil {
+		if _, ok := l.states[name]; ok || !l.overlapping[name] {
+			klog.InfoS("Skipping peer", "node", name, "reason", err.Error())
+		}
+		delete(l.states, name)
+		if _, ok := err.(*overlapError); ok {
+			l.overlapping[name] = true
+		} else {
+			delete(l.overlapping, name)
+		}
+		return
 	}
-	return l.backend.PeerState(peer)
+	delete(l.overlapping, name)
+	if _, ok := l.states[name]; !ok {
+		klog.InfoS("Adding peer", "node", name, "subnet", lease.Subnet, "publicIP", lease.Attrs.PublicIP)
+	} else {
+		klog.InfoS("Updating peer", "node", name, "subnet", lease.Subnet, "publicIP", lease.Attrs.PublicIP)
+	}
+	l.states[name] = st
 }
 
-type overlapError struct{ peer, own interface{ String() string } }
+type overlapError struct{ msg string }
 
-func (e *overlapError) Error() string {
-	return "its subnet " + e.peer.String() + " overlaps this node's subnet " + e.own.String()
+func (e *overlapError) Error() string { return e.msg }
+
+// peerState checks that the peer's subnet overlaps neither this node's nor
+// a programmed peer's, then asks the backend for its state.
+func (l *syncLoop) peerState(peer subnet.Lease) (network.State, error) {
+	if ip.Overlaps(peer.Subnet, l.own.Subnet) {
+		return network.State{}, &overlapError{fmt.Sprintf("its subnet %s overlaps this node's subnet %s", peer.Subnet, l.own.Subnet)}
+	}
+	for other := range l.states {
+		if o := l.leases[other]; other != peer.Name && ip.Overlaps(peer.Subnet, o.Subnet) {
+			return network.State{}, &overlapError{fmt.Sprintf("its subnet %s overlaps the subnet %s of peer %s", peer.Subnet, o.Subnet, other)}
+		}
+	}
+	return l.backend.PeerState(peer)
 }
 
 func (l *syncLoop) desired() network.State {

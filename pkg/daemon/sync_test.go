@@ -57,15 +57,8 @@ func TestSyncLoop(t *testing.T) {
 	peers := subnet.NewPeers()
 	status := health.NewStatus(time.Minute)
 	ready := make(chan struct{})
-	l := &syncLoop{
-		backend:     fakeBackend{},
-		reconciler:  network.NewReconciler(k),
-		peers:       peers,
-		own:         peer("self", "10.244.1.0/24", "192.168.0.1", `{}`),
-		resync:      time.Hour,
-		status:      status,
-		onFirstSync: func() { close(ready) },
-	}
+	l := newSyncLoop(fakeBackend{}, network.NewReconciler(k), peers, peer("self", "10.244.1.0/24", "192.168.0.1", `{}`), time.Hour, status)
+	l.onFirstSync = func() { close(ready) }
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); l.run(ctx) }()

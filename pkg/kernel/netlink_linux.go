@@ -88,26 +88,33 @@ func (k *Netlink) ListRoutes() ([]Route, error) {
 	}
 	out := make([]Route, 0, len(nl))
 	for _, r := range nl {
-		if r.Type != unix.RTN_UNICAST || len(r.MultiPath) > 0 {
-			continue
+		if rt, ok := routeFromNetlink(r); ok {
+			out = append(out, rt)
 		}
-		dst, ok := prefixFromIPNet(r.Dst)
-		if !ok {
-			if r.Family == unix.AF_INET6 {
-				dst = netip.MustParsePrefix("::/0")
-			} else {
-				dst = netip.MustParsePrefix("0.0.0.0/0")
-			}
-		}
-		out = append(out, Route{
-			Dst:       dst,
-			Gw:        addrFromIP(r.Gw),
-			LinkIndex: r.LinkIndex,
-			Onlink:    r.Flags&int(netlink.FLAG_ONLINK) != 0,
-			Protocol:  int(r.Protocol),
-		})
 	}
 	return out, nil
+}
+
+// routeFromNetlink converts a main-table unicast route with one next hop.
+func routeFromNetlink(r netlink.Route) (Route, bool) {
+	if r.Type != unix.RTN_UNICAST || len(r.MultiPath) > 0 || (r.Table != 0 && r.Table != unix.RT_TABLE_MAIN) {
+		return Route{}, false
+	}
+	dst, ok := prefixFromIPNet(r.Dst)
+	if !ok {
+		if r.Family == unix.AF_INET6 {
+			dst = netip.MustParsePrefix("::/0")
+		} else {
+			dst = netip.MustParsePrefix("0.0.0.0/0")
+		}
+	}
+	return Route{
+		Dst:       dst,
+		Gw:        addrFromIP(r.Gw),
+		LinkIndex: r.LinkIndex,
+		Onlink:    r.Flags&int(netlink.FLAG_ONLINK) != 0,
+		Protocol:  int(r.Protocol),
+	}, true
 }
 
 func toNetlinkRoute(r Route) *netlink.Route {

@@ -1,0 +1,139 @@
+package kernel
+
+import (
+	"context"
+	"net"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+)
+
+// Event is a change the kernel reported. Exactly one of Route, Neigh, FDB,
+// Link is set, unless Lost is: then notifications were lost (the socket
+// overflowed) and the receiver must assume anything changed.
+type Event struct {
+	// Deleted is set when the entry was removed. A neighbour or FDB entry
+	// that stopped being permanent counts as removed.
+	Deleted bool
+	Route   *Route
+	Neigh   *Neigh
+	FDB     *FDB
+	Link    *LinkEvent
+	Lost    bool
+}
+
+// LinkEvent describes a link's state after a change.
+type LinkEvent struct {
+	Index   int
+	Name    string
+	Up      bool
+	Deleted bool
+}
+
+// eventBuffer is large enough that flanneld's own bursts of changes (one
+// neighbour, FDB entry and route per peer) do not make the kernel drop
+// notifications while the receiver is busy.
+const eventBuffer = 8192
+
+// Subscribe delivers the route, neighbour, FDB and link changes of the
+// current network namespace to fn, from one goroutine, until ctx ends. When
+// a subscription fails it reports Event{Lost: true} and subscribes again.
+func Subscribe(ctx context.Context, fn func(Event)) {
+	go func() {
+		for ctx.Err() == nil {
+			subscribeOnce(ctx, fn)
+			if ctx.Err() != nil {
+				return
+			}
+			fn(Event{Lost: true})
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}()
+}
+
+// subscribeOnce runs one set of subscriptions until ctx ends or one fails.
+func subscribeOnce(ctx context.Context, fn func(Event)) {
+	done := make(chan struct{})
+	defer close(done)
+	failed := make(chan error, 3)
+	onErr := func(err error) {
+		select {
+		case failed <- err:
+		default:
+		}
+	}
+	routes := make(chan netlink.RouteUpdate, eventBuffer)
+	neighs := make(chan netlink.NeighUpdate, eventBuffer)
+	links := make(chan netlink.LinkUpdate, eventBuffer)
+	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{ErrorCallback: onErr}); err != nil {
+		klog.ErrorS(err, "Subscribe to route changes")
+		return
+	}
+	if err := netlink.NeighSubscribeWithOptions(neighs, done, netlink.NeighSubscribeOptions{ErrorCallback: onErr}); err != nil {
+		klog.ErrorS(err, "Subscribe to neighbour changes")
+		return
+	}
+	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{ErrorCallback: onErr}); err != nil {
+		klog.ErrorS(err, "Subscribe to link changes")
+		return
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case err := <-failed:
+			klog.ErrorS(err, "Kernel change notifications failed; resubscribing")
+			return
+		case u, ok := <-routes:
+			if !ok {
+				return
+			}
+			if rt, ok := routeFromNetlink(u.Route); ok {
+				fn(Event{Route: &rt, Deleted: u.Type == unix.RTM_DELROUTE})
+			}
+		case u, ok := <-neighs:
+			if !ok {
+				return
+			}
+			if ev, ok := neighEvent(u); ok {
+				fn(ev)
+			}
+		case u, ok := <-links:
+			if !ok {
+				return
+			}
+			fn(Event{Link: &LinkEvent{
+				Index:   u.Attrs().Index,
+				Name:    u.Attrs().Name,
+				Up:      u.Attrs().Flags&net.FlagUp != 0,
+				Deleted: u.Header.Type == unix.RTM_DELLINK,
+			}})
+		}
+	}
+}
+
+func neighEvent(u netlink.NeighUpdate) (Event, bool) {
+	n := u.Neigh
+	if n.IP == nil {
+		return Event{}, false
+	}
+	mac, err := MACFromHardwareAddr(n.HardwareAddr)
+	deleted := u.Type == unix.RTM_DELNEIGH || n.State&netlink.NUD_PERMANENT == 0
+	if n.Family == unix.AF_BRIDGE {
+		if err != nil {
+			return Event{}, false
+		}
+		return Event{FDB: &FDB{LinkIndex: n.LinkIndex, MAC: mac, Dst: addrFromIP(n.IP)}, Deleted: deleted}, true
+	}
+	if err != nil {
+		// A neighbour without a usable MAC is not the permanent entry
+		// flanneld installs for this address.
+		deleted = true
+	}
+	return Event{Neigh: &Neigh{LinkIndex: n.LinkIndex, IP: addrFromIP(n.IP), MAC: mac}, Deleted: deleted}, true
+}
