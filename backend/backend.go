@@ -7,6 +7,7 @@ package backend
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/flanneld/flanneld/ip"
 	"github.com/flanneld/flanneld/network"
+	"github.com/flanneld/flanneld/pkg/kernel"
 	"github.com/flanneld/flanneld/subnet"
 )
 
@@ -47,6 +49,32 @@ type Params struct {
 	ExtIface *ip.ExternalInterface
 	// Handle is the netlink handle of the namespace to program.
 	Handle *netlink.Handle
+	// Reach tells whether a peer's public IP is on the external
+	// interface's L2 segment (host-gw, DirectRouting).
+	Reach ip.Reachability
+}
+
+// ErrPeerData is wrapped by every error about a peer lease a backend cannot
+// use; the peer is skipped.
+var ErrPeerData = errors.New("unusable peer lease")
+
+// DirectRoute returns the route to a peer's subnet through its public IP on
+// the external interface, or an error wrapping ErrPeerData when the public
+// IP is not on that interface's L2 segment.
+func DirectRoute(reach ip.Reachability, ext *ip.ExternalInterface, peer subnet.Lease) (kernel.Route, error) {
+	direct, gw, err := reach.Direct(peer.Attrs.PublicIP, ext.Index)
+	if err != nil {
+		return kernel.Route{}, err
+	}
+	if !direct {
+		how := "not through " + ext.Name
+		if gw.IsValid() {
+			how = "only through the gateway " + gw.String()
+		}
+		return kernel.Route{}, fmt.Errorf("%w: peer %s at %s is not on this node's L2 segment (reached %s)",
+			ErrPeerData, peer.Name, peer.Attrs.PublicIP, how)
+	}
+	return kernel.Route{Dst: peer.Subnet.Masked(), Gw: peer.Attrs.PublicIP, LinkIndex: ext.Index}, nil
 }
 
 // Factory parses and validates the backend's options and returns a Backend.

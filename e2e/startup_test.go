@@ -66,7 +66,13 @@ func TestFlanneldStartup(t *testing.T) {
 // no trace: no flannel.1, no subnet.env, no annotations, no rules.
 func checkRefusesConfig(t *testing.T, l *lab.Lab, n *lab.Node, conf string, why *regexp.Regexp) {
 	t.Helper()
-	p := l.StartFlanneld(t, n, "--net-config-path="+conf)
+	checkRefusedUntouched(t, l, n, l.StartFlanneld(t, n, "--net-config-path="+conf), why)
+}
+
+// checkRefusedUntouched checks that flanneld p, started on n, exits with
+// status 1, says why on stderr (matching why), and left no trace.
+func checkRefusedUntouched(t *testing.T, l *lab.Lab, n *lab.Node, p *lab.Process, why *regexp.Regexp) {
+	t.Helper()
 	code, exited := p.WaitExit(exitTimeout)
 	if !exited {
 		t.Fatalf("flanneld still running %v after start with a bad configuration; stderr:\n%s", exitTimeout, p.Log())

@@ -4,7 +4,6 @@ package vxlan
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/netip"
 
@@ -70,7 +69,7 @@ type peerData struct {
 }
 
 // ErrPeerData is wrapped by every error about a peer's unusable lease.
-var ErrPeerData = errors.New("unusable peer lease")
+var ErrPeerData = backend.ErrPeerData
 
 // parsePeer validates a peer's lease for this backend.
 func parsePeer(peer subnet.Lease, vni int) (kernel.MAC, error) {

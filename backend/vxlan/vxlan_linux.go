@@ -21,9 +21,10 @@ import (
 
 // Backend is the VXLAN backend for IPv4.
 type Backend struct {
-	opts Options
-	ext  *ip.ExternalInterface
-	h    *netlink.Handle
+	opts  Options
+	ext   *ip.ExternalInterface
+	h     *netlink.Handle
+	reach ip.Reachability
 
 	name      string // flannel.<VNI>
 	mtu       int
@@ -42,8 +43,8 @@ func New(p backend.Params) (backend.Backend, error) {
 	if !p.ExtIface.IfaceAddr.IsValid() {
 		return nil, fmt.Errorf("vxlan: interface %s has no IPv4 address to use as the VTEP's local address", p.ExtIface.Name)
 	}
-	if opts.DirectRouting {
-		klog.InfoS("DirectRouting is not supported yet; all peers are reached through VXLAN")
+	if opts.DirectRouting && p.Reach == nil {
+		return nil, errors.New("vxlan: DirectRouting needs a reachability check")
 	}
 	underlayMTU := p.ExtIface.MTU
 	if opts.MTU > 0 {
@@ -54,11 +55,12 @@ func New(p backend.Params) (backend.Backend, error) {
 		return nil, fmt.Errorf("vxlan: MTU %d of interface %s leaves only %d bytes for pods", underlayMTU, p.ExtIface.Name, mtu)
 	}
 	return &Backend{
-		opts: opts,
-		ext:  p.ExtIface,
-		h:    p.Handle,
-		name: fmt.Sprintf("flannel.%d", opts.VNI),
-		mtu:  mtu,
+		opts:  opts,
+		ext:   p.ExtIface,
+		h:     p.Handle,
+		reach: p.Reach,
+		name:  fmt.Sprintf("flannel.%d", opts.VNI),
+		mtu:   mtu,
 	}, nil
 }
 
@@ -68,11 +70,20 @@ func (b *Backend) MTU() int { return b.mtu }
 // Base implements backend.Backend: flanneld owns the whole VXLAN device.
 func (b *Backend) Base() network.State { return network.State{OwnedLinks: []int{b.linkIndex}} }
 
-// PeerState implements backend.Backend.
+// PeerState implements backend.Backend. With DirectRouting, a peer on
+// this node's L2 segment gets a plain route through its public IP instead
+// of the VXLAN entries.
 func (b *Backend) PeerState(peer subnet.Lease) (network.State, error) {
 	mac, err := parsePeer(peer, b.opts.VNI)
 	if err != nil {
 		return network.State{}, err
+	}
+	if b.opts.DirectRouting {
+		rt, err := backend.DirectRoute(b.reach, b.ext, peer)
+		if err == nil {
+			return network.State{Routes: []kernel.Route{rt}}, nil
+		}
+		klog.V(2).InfoS("Peer is not directly reachable; using VXLAN", "node", peer.Name, "reason", err.Error())
 	}
 	return peerState(b.linkIndex, peer.Subnet, peer.Attrs.PublicIP, mac), nil
 }

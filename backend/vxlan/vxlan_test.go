@@ -264,7 +264,7 @@ func TestNew(t *testing.T) {
 		{name: "VNI names the device", backend: `{"Type":"vxlan","VNI":4096}`, wantMTU: 1450, wantName: "flannel.4096"},
 		{name: "jumbo underlay", backend: `{"Type":"vxlan"}`, ext: func(e *ip.ExternalInterface) { e.MTU = 9000 }, wantMTU: 8950, wantName: "flannel.1"},
 		{name: "MTU option overrides the interface's", backend: `{"Type":"vxlan","MTU":1400}`, wantMTU: 1350, wantName: "flannel.1"},
-		{name: "DirectRouting is accepted", backend: `{"Type":"vxlan","DirectRouting":true}`, wantMTU: 1450, wantName: "flannel.1"},
+		{name: "DirectRouting needs a reachability check", backend: `{"Type":"vxlan","DirectRouting":true}`, wantErr: "reachability"},
 		{name: "public ip differs from the interface's", backend: `{"Type":"vxlan"}`,
 			ext: func(e *ip.ExternalInterface) { e.ExtAddr = netip.MustParseAddr("203.0.113.1") }, wantMTU: 1450, wantName: "flannel.1"},
 		{name: "bad options", backend: `{"Type":"vxlan","VNI":-1}`, wantErr: "VNI"},
@@ -371,5 +371,51 @@ func TestDataJSON(t *testing.T) {
 	}
 	if got, want := string(b), `{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}`; got != want {
 		t.Errorf("Data JSON = %s, want %s", got, want)
+	}
+}
+
+// segment is a fake ip.Reachability: addresses in onLink are direct on the
+// test interface, the others go through a gateway.
+type segment struct{ onLink netip.Prefix }
+
+func (s segment) Direct(a netip.Addr, link int) (bool, netip.Addr, error) {
+	if s.onLink.Contains(a) {
+		return link == testExt().Index, netip.Addr{}, nil
+	}
+	return false, netip.MustParseAddr("192.168.100.1"), nil
+}
+
+func TestDirectRouting(t *testing.T) {
+	ext := testExt()
+	be, err := New(backend.Params{Config: testConfig(t, `{"Type":"vxlan","DirectRouting":true}`), ExtIface: ext,
+		Reach: segment{netip.MustParsePrefix("192.168.100.0/24")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := be.(*Backend)
+	b.linkIndex = 9
+
+	near := peer(nil)
+	st, err := b.PeerState(near)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := network.State{Routes: []kernel.Route{{Dst: near.Subnet, Gw: near.Attrs.PublicIP, LinkIndex: ext.Index}}}
+	if !reflect.DeepEqual(st, want) {
+		t.Errorf("same-segment peer: %+v, want a direct route %+v", st, want)
+	}
+
+	far := peer(func(l *subnet.Lease) { l.Attrs.PublicIP = netip.MustParseAddr("192.168.200.13") })
+	st, err = b.PeerState(far)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac, _ := kernel.ParseMAC("aa:bb:cc:dd:ee:02")
+	if want := peerState(9, far.Subnet, far.Attrs.PublicIP, mac); !reflect.DeepEqual(st, want) {
+		t.Errorf("routed peer: %+v, want the VXLAN entries %+v", st, want)
+	}
+	// A malformed peer is skipped even when it is near.
+	if _, err := b.PeerState(peer(withData(`{"VNI":1}`))); !errors.Is(err, ErrPeerData) {
+		t.Errorf("bad peer with DirectRouting: %v", err)
 	}
 }

@@ -41,6 +41,8 @@ type Lab struct {
 	mu    sync.Mutex
 	nodes []*Node
 	procs []*Process
+
+	topo topology // the router and Segment2 (topology.go)
 }
 
 // New builds the underlay and the control plane (etcd and kube-apiserver,
@@ -134,24 +136,10 @@ func (l *Lab) createUnderlay() error {
 	return err
 }
 
-// attachToUnderlay creates namespace ns and wires it to br0 with a veth
-// pair whose ns end is eth0 with address addr/24.
+// attachToUnderlay creates namespace ns and wires it to br0 (Segment1)
+// with a veth pair whose ns end is eth0 with address addr/24.
 func (l *Lab) attachToUnderlay(ns, bridgePort string, addr netip.Addr) error {
-	if err := createNetns(ns); err != nil {
-		return err
-	}
-	steps := [][]string{
-		{"-n", l.underlayNS, "link", "add", bridgePort, "type", "veth", "peer", "name", "eth0", "netns", ns},
-		{"-n", l.underlayNS, "link", "set", bridgePort, "master", "br0", "up"},
-		{"-n", ns, "addr", "add", netip.PrefixFrom(addr, underlayPrefix.Bits()).String(), "dev", "eth0"},
-		{"-n", ns, "link", "set", "eth0", "up"},
-	}
-	for _, args := range steps {
-		if _, err := runIP(args...); err != nil {
-			return err
-		}
-	}
-	return nil
+	return l.attachToSegment(ns, bridgePort, Segment1, addr)
 }
 
 // cleanup stops every process, dumps logs when the test failed, and deletes

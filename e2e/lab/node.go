@@ -28,6 +28,7 @@ type Node struct {
 	Name       string
 	Netns      string
 	IP         netip.Addr // address of eth0, also the InternalIP
+	Segment    Segment    // the underlay segment eth0 is on
 	PodCIDR    string     // as given to AddNode ("" for none)
 	Dir        string     // per-node scratch directory
 	SubnetFile string     // where flanneld writes subnet.env
@@ -42,12 +43,28 @@ type Node struct {
 // with spec.podCIDR(s) (none when podCIDR is "") and an InternalIP address.
 func (l *Lab) AddNode(t testing.TB, name, podCIDR string) *Node {
 	t.Helper()
+	return l.AddNodeOn(t, Segment1, name, podCIDR)
+}
+
+// AddNodeOn is AddNode on the given underlay segment: the k-th node of the
+// lab (counting every segment, from 0) gets host address 11+k on its
+// segment and a default route via the segment's gateway (the router). A
+// node on Segment2 creates the router first (AddRouter).
+func (l *Lab) AddNodeOn(t testing.TB, seg Segment, name, podCIDR string) *Node {
+	t.Helper()
+	if !seg.valid() {
+		t.Fatalf("creating node %s: unknown underlay segment %d", name, int(seg))
+	}
+	if seg != Segment1 {
+		l.AddRouter(t)
+	}
 	l.mu.Lock()
 	index := len(l.nodes)
 	n := &Node{
 		Name:    name,
 		Netns:   netnsName(l.runID, name),
-		IP:      netip.AddrFrom4([4]byte{192, 168, 100, byte(firstNodeHost + index)}),
+		IP:      seg.Host(firstNodeHost + index),
+		Segment: seg,
 		PodCIDR: podCIDR,
 		Dir:     filepath.Join(l.dir, "nodes", name),
 		lab:     l,
@@ -61,10 +78,10 @@ func (l *Lab) AddNode(t testing.TB, name, podCIDR string) *Node {
 		t.Fatal(err)
 	}
 
-	if err := l.attachToUnderlay(n.Netns, ifName("v-"+name, fmt.Sprintf("v-node%d", index)), n.IP); err != nil {
+	if err := l.attachToSegment(n.Netns, ifName("v-"+name, fmt.Sprintf("v-node%d", index)), seg, n.IP); err != nil {
 		t.Fatalf("creating node %s: %v", name, err)
 	}
-	if _, err := runIP("-n", n.Netns, "route", "add", "default", "via", UnderlayGateway.String(), "dev", "eth0"); err != nil {
+	if _, err := runIP("-n", n.Netns, "route", "add", "default", "via", seg.Gateway().String(), "dev", "eth0"); err != nil {
 		t.Fatalf("creating node %s: %v", name, err)
 	}
 	if _, err := Exec(n.Netns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"); err != nil {

@@ -13,6 +13,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/flanneld/flanneld/backend"
+	"github.com/flanneld/flanneld/backend/hostgw"
 	"github.com/flanneld/flanneld/backend/vxlan"
 	"github.com/flanneld/flanneld/ip"
 	"github.com/flanneld/flanneld/network"
@@ -25,7 +26,8 @@ import (
 // Backends returns the registry of the backends this build supports.
 func Backends() backend.Registry {
 	return backend.Registry{
-		vxlan.Type: vxlan.New,
+		vxlan.Type:  vxlan.New,
+		hostgw.Type: hostgw.New,
 	}
 }
 
@@ -77,7 +79,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	klog.InfoS("Using external interface", "interface", ext.Name, "address", ext.IfaceAddr, "publicIP", ext.ExtAddr, "mtu", ext.MTU)
 
-	be, err := Backends().New(backend.Params{Config: cfg, ExtIface: ext, Handle: h})
+	be, err := Backends().New(backend.Params{Config: cfg, ExtIface: ext, Handle: h, Reach: ip.KernelReachability{H: h}})
 	if err != nil {
 		return err
 	}
@@ -119,6 +121,9 @@ func Run(ctx context.Context, o Options) error {
 	status.SetReady(false, "waiting for this node's lease")
 	lease, err := joinNetwork(ctx, src, be)
 	if err != nil {
+		return err
+	}
+	if err := removeStaleDevices(h, be.Base().OwnedLinks); err != nil {
 		return err
 	}
 

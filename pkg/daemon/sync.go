@@ -179,6 +179,7 @@ func (l *syncLoop) watchKernel(ctx context.Context, extIndex int) {
 			if ev.Link.Index == extIndex {
 				if ev.Link.Up && !extUp {
 					klog.InfoS("External interface is up again; resyncing", "interface", ev.Link.Name)
+					l.peers.MarkAllDirty() // reachability may have changed
 					l.kick()
 				}
 				extUp = ev.Link.Up
