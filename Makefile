@@ -7,14 +7,18 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 TESTFLAGS ?=
 
-.PHONY: all build test unit e2e deps vet fmt clean
+.PHONY: all build test unit e2e deps vet fmt clean lab-binaries image
 
 all: build
 
-build: bin/flanneld
+build: bin/flanneld bin/flannel
 
 bin/flanneld: FORCE
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $@ ./cmd/flanneld
+
+# The flannel CNI plugin (installed on nodes as /opt/cni/bin/flannel).
+bin/flannel: FORCE
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.buildVersion=$(VERSION)" -o $@ ./cmd/flannel-cni
 
 # The lab's kube-apiserver is built from source in a tools module of its own
 # (e2e/tools), so the daemon's go.mod stays free of k8s.io/kubernetes. It
@@ -22,6 +26,18 @@ bin/flanneld: FORCE
 # version changes.
 bin/kube-apiserver: e2e/tools/go.mod e2e/tools/go.sum
 	cd e2e/tools && $(GO) build -o ../../bin/kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
+
+# The CNI reference plugins and cnitool, for the lab's pods.
+CNI_PLUGINS := bin/cni/bridge bin/cni/host-local bin/cni/portmap
+$(CNI_PLUGINS) bin/cnitool &: e2e/tools/go.mod e2e/tools/go.sum
+	mkdir -p bin/cni
+	cd e2e/tools && $(GO) build -o ../../bin/cni/ \
+		github.com/containernetworking/plugins/plugins/main/bridge \
+		github.com/containernetworking/plugins/plugins/ipam/host-local \
+		github.com/containernetworking/plugins/plugins/meta/portmap
+	cd e2e/tools && $(GO) build -o ../../bin/cnitool github.com/containernetworking/cni/cnitool
+
+lab-binaries: bin/kube-apiserver $(CNI_PLUGINS) bin/cnitool
 
 # Debian packages the tests use (etcd, iptables, iproute2, ping, tcpdump).
 deps:
@@ -34,11 +50,25 @@ vet:
 unit:
 	$(GO) test $(TESTFLAGS) $$($(GO) list ./... | grep -v /e2e)
 
-test: deps vet build bin/kube-apiserver
+test: deps vet build lab-binaries
 	$(GO) test -timeout 30m $(TESTFLAGS) ./...
 
-e2e: build bin/kube-apiserver
+e2e: build lab-binaries
 	$(GO) test -timeout 30m -v $(TESTFLAGS) ./e2e/...
+
+# Datapath benchmark (as root): pod-to-pod TCP throughput (iperf3) and
+# latency (qperf) per backend against the underlay, on the lab; see
+# bench/datapath/README.md. FLANNELD_BENCH_BACKENDS and
+# FLANNELD_BENCH_SECONDS tune it. Never part of `make test`.
+.PHONY: bench-datapath
+bench-datapath: deps build lab-binaries
+	FLANNELD_BENCH=1 $(GO) test -count=1 -timeout 30m -v -run '^TestDatapath$$' ./bench/datapath
+
+IMAGE ?= ghcr.io/flanneld/flanneld:$(VERSION)
+
+# Needs a container engine (docker or podman).
+image:
+	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
 
 clean:
 	rm -rf bin

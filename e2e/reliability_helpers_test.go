@@ -286,24 +286,27 @@ func routesTo(ns, dst string) ([]lab.Route, error) {
 	return out, nil
 }
 
-// checkNoTraceOf checks that ns holds no route for cidr, no neighbour for
-// its first address and no FDB entry for mac ("" to skip).
+// checkNoTraceOf checks that ns holds no route for cidr, no neighbour on
+// flannel.1 for its first address ("" to skip both) and no FDB entry for
+// mac ("" to skip).
 func checkNoTraceOf(ns, cidr, mac string) error {
-	routes, err := routesTo(ns, cidr)
-	if err != nil {
-		return err
-	}
-	if len(routes) > 0 {
-		return fmt.Errorf("route for %s present: %v", cidr, routes)
-	}
-	gw := netip.MustParsePrefix(cidr).Masked().Addr().String()
-	neighs, err := lab.ShowNeighbours(ns)
-	if err != nil {
-		return err
-	}
-	for _, n := range neighs {
-		if n.Dst == gw && n.Dev == vxlanDevice {
-			return fmt.Errorf("neighbour for %s present: %v", gw, n)
+	if cidr != "" {
+		routes, err := routesTo(ns, cidr)
+		if err != nil {
+			return err
+		}
+		if len(routes) > 0 {
+			return fmt.Errorf("route for %s present: %v", cidr, routes)
+		}
+		gw := netip.MustParsePrefix(cidr).Masked().Addr().String()
+		neighs, err := lab.ShowNeighbours(ns)
+		if err != nil {
+			return err
+		}
+		for _, n := range neighs {
+			if n.Dst == gw && n.Dev == vxlanDevice {
+				return fmt.Errorf("neighbour for %s present: %v", gw, n)
+			}
 		}
 	}
 	if mac == "" {

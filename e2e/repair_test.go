@@ -142,7 +142,7 @@ func TestDriftRepair(t *testing.T) {
 			t.Errorf("%s has its old ifindex %d: it was not recreated?", vxlanDevice, after.IfIndex)
 		}
 		time.Sleep(1500 * time.Millisecond)
-		if lines := logLines(flanneld.Log(), `"Recreated device"`); len(lines) != 1 {
+		if lines := logLines(flanneld.Log(), `"Recreated device`); len(lines) != 1 {
 			t.Errorf(`want exactly one "Recreated device" log line, got %d:%s`, len(lines), "\n"+strings.Join(lines, "\n"))
 		} else {
 			t.Logf("flanneld logged: %s", lines[0])

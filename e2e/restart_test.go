@@ -103,7 +103,7 @@ func TestRestart(t *testing.T) {
 		if lines := logLines(newProc.Log(), "Repaired drift"); len(lines) > 0 {
 			t.Errorf("the restarted flanneld repaired something:\n%s", strings.Join(lines, "\n"))
 		}
-		if lines := logLines(newProc.Log(), "Recreated device"); len(lines) > 0 {
+		if lines := logLines(newProc.Log(), `"Recreated device`); len(lines) > 0 {
 			t.Errorf("the restarted flanneld recreated its device:\n%s", strings.Join(lines, "\n"))
 		}
 	})

@@ -8,6 +8,8 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v bridge >/dev/null || need+=(iproute2)
 command -v ping >/dev/null || need+=(iputils-ping)
 command -v tcpdump >/dev/null || need+=(tcpdump)
+command -v iperf3 >/dev/null || need+=(iperf3)
+command -v qperf >/dev/null || need+=(qperf)
 if [ ${#need[@]} -eq 0 ]; then
 	exit 0
 fi

@@ -1,0 +1,222 @@
+package e2e
+
+// Helpers shared by the host-gw, DirectRouting and backend-switch tests
+// (issue 4): net-conf files, expected direct routes, node annotations per
+// backend, and link counters.
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/flanneld/flanneld/e2e/lab"
+)
+
+const (
+	hostGWNetConf        = `{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}`
+	vxlanNetConf         = `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`
+	directRoutingNetConf = `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}`
+
+	// ownedProto is the route protocol flanneld marks its routes with.
+	ownedProto = "102"
+)
+
+// writeNetConfFile writes a net-conf.json of its own into the lab directory
+// and returns the flanneld flag that selects it, so nodes of one lab can run
+// different configurations.
+func writeNetConfFile(t testing.TB, l *lab.Lab, name, content string) string {
+	t.Helper()
+	path := filepath.Join(l.Dir(), "net-conf-"+name+".json")
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return "--net-config-path=" + path
+}
+
+// startAll starts flanneld on every node with the extra arguments and waits
+// until each is ready.
+func startAll(t testing.TB, l *lab.Lab, nodes []*lab.Node, extraArgs ...string) {
+	t.Helper()
+	for _, n := range nodes {
+		l.StartFlanneld(t, n, extraArgs...)
+	}
+	for _, n := range nodes {
+		n.WaitReady(t, readyTimeout)
+	}
+}
+
+// stopAll stops flanneld on every node (SIGTERM).
+func stopAll(nodes []*lab.Node) {
+	for _, n := range nodes {
+		if p := n.Flanneld(); p != nil {
+			p.Stop()
+		}
+	}
+}
+
+// directRoute is the route a node installs for a peer reached without
+// encapsulation (host-gw, or vxlan DirectRouting), as lab.Route prints it.
+func directRoute(peer *lab.Node) string {
+	return fmt.Sprintf("%s via %s dev eth0 proto %s", peer.PodCIDR, peer.IP, ownedProto)
+}
+
+// directRouteTo is directRoute for a peer known only by subnet and address.
+func directRouteTo(podCIDR, publicIP string) string {
+	return fmt.Sprintf("%s via %s dev eth0 proto %s", podCIDR, publicIP, ownedProto)
+}
+
+// directRoutesFor is the direct route of every node in peers except self.
+func directRoutesFor(self *lab.Node, peers ...*lab.Node) []string {
+	var out []string
+	for _, p := range peers {
+		if p != self {
+			out = append(out, directRoute(p))
+		}
+	}
+	return out
+}
+
+// ownedRoutesOn returns, as strings, the routes of ns that flanneld owns
+// (protocol 102) on device dev.
+func ownedRoutesOn(ns, dev string) ([]string, error) {
+	routes, err := lab.ShowRoutes(ns)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, r := range routes {
+		if r.Protocol == ownedProto && r.Dev == dev {
+			out = append(out, r.String())
+		}
+	}
+	return out, nil
+}
+
+// checkDirectRoutes compares exactly the proto-102 routes on eth0 with want.
+func checkDirectRoutes(ns string, want []string) error {
+	got, err := ownedRoutesOn(ns, "eth0")
+	if err != nil {
+		return err
+	}
+	return compareSets("flanneld's routes on eth0", got, want)
+}
+
+// compareSets compares two string lists as sets, with a readable error.
+func compareSets(what string, got, want []string) error {
+	got, want = slices.Clone(got), slices.Clone(want)
+	slices.Sort(got)
+	slices.Sort(want)
+	if slices.Equal(got, want) {
+		return nil
+	}
+	return fmt.Errorf("%s:\n got:\n  %s\n want:\n  %s", what, strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+}
+
+// checkNoVXLANDevice checks that flannel.1 does not exist in ns, and that
+// no route of ns uses it.
+func checkNoVXLANDevice(ns string) error {
+	if link, err := lab.ShowLink(ns, vxlanDevice); err == nil {
+		return fmt.Errorf("%s exists (%s, mtu %d)", vxlanDevice, link.LinkInfo.InfoKind, link.MTU)
+	}
+	routes, err := lab.ShowRoutes(ns)
+	if err != nil {
+		return err
+	}
+	for _, r := range routes {
+		if r.Dev == vxlanDevice {
+			return fmt.Errorf("route %s uses %s", r, vxlanDevice)
+		}
+	}
+	neighs, err := lab.ShowNeighbours(ns)
+	if err != nil {
+		return err
+	}
+	for _, n := range neighs {
+		if n.Dev == vxlanDevice {
+			return fmt.Errorf("neighbour %s on %s", n, vxlanDevice)
+		}
+	}
+	return nil
+}
+
+// subnetEnvWithMTU is the subnet.env of lab node i with the given MTU.
+func subnetEnvWithMTU(i, mtu int) string {
+	return fmt.Sprintf("FLANNEL_NETWORK=%s\nFLANNEL_SUBNET=%s\nFLANNEL_MTU=%d\nFLANNEL_IPMASQ=true\n", clusterNetwork, cniGateway(i), mtu)
+}
+
+// checkFlannelNode checks the flannel annotations a node writes on its own
+// Node (REFERENCE section 3) for backend type backendType with
+// backend-data backendData, and the NetworkUnavailable condition.
+func checkFlannelNode(node *corev1.Node, backendType, backendData, publicIP string) error {
+	want := map[string]string{
+		"kube-subnet-manager": "true",
+		"backend-type":        backendType,
+		"backend-data":        backendData,
+		"public-ip":           publicIP,
+	}
+	var problems []string
+	for _, k := range slices.Sorted(maps.Keys(want)) {
+		got, ok := node.Annotations[annotationPrefix+k]
+		if !ok {
+			problems = append(problems, fmt.Sprintf("annotation %s%s missing", annotationPrefix, k))
+		} else if got != want[k] {
+			problems = append(problems, fmt.Sprintf("annotation %s%s = %q, want %q", annotationPrefix, k, got, want[k]))
+		}
+	}
+	var cond *corev1.NodeCondition
+	for i := range node.Status.Conditions {
+		if node.Status.Conditions[i].Type == corev1.NodeNetworkUnavailable {
+			cond = &node.Status.Conditions[i]
+		}
+	}
+	switch {
+	case cond == nil:
+		problems = append(problems, "no NetworkUnavailable condition")
+	case cond.Status != corev1.ConditionFalse || cond.Reason != "FlannelIsUp":
+		problems = append(problems, fmt.Sprintf("NetworkUnavailable = %s reason %q, want False reason FlannelIsUp", cond.Status, cond.Reason))
+	}
+	if len(problems) > 0 {
+		return errors.New(strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// txPackets is the number of packets dev of ns has sent (`ip -s link`).
+func txPackets(ns, dev string) (uint64, error) {
+	out, err := lab.Exec(ns, "ip", "-s", "-j", "link", "show", "dev", dev)
+	if err != nil {
+		return 0, err
+	}
+	var links []struct {
+		Stats struct {
+			TX struct {
+				Packets uint64 `json:"packets"`
+			} `json:"tx"`
+		} `json:"stats64"`
+	}
+	if err := json.Unmarshal([]byte(out), &links); err != nil {
+		return 0, err
+	}
+	if len(links) != 1 {
+		return 0, fmt.Errorf("ip -s link show dev %s in %s: %d entries", dev, ns, len(links))
+	}
+	return links[0].Stats.TX.Packets, nil
+}
+
+// podOn returns the first of pods that runs on node n (nil if none).
+func podOn(pods []*lab.Pod, n *lab.Node) *lab.Pod {
+	for _, p := range pods {
+		if p.Node == n {
+			return p
+		}
+	}
+	return nil
+}

@@ -1,0 +1,182 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/flanneld/flanneld/e2e/lab"
+)
+
+// TestHostGWCluster runs flanneld with the host-gw backend on three nodes of
+// one L2 segment and checks REFERENCE section 4 for host-gw: one route per
+// peer via its public IP on eth0, no device, MTU = external MTU, the same
+// annotations and firewall rules as any backend, and pods that ping.
+func TestHostGWCluster(t *testing.T) {
+	lab.RequireRoot(t)
+	lab.RequireBinary(t, lab.BinaryFlanneld)
+	l := lab.New(t)
+	if err := l.WriteNetConf(hostGWNetConf); err != nil {
+		t.Fatal(err)
+	}
+	nodes := make([]*lab.Node, 3)
+	for i := range nodes {
+		nodes[i] = l.AddNode(t, fmt.Sprintf("n%d", i+1), podCIDR(i+1))
+	}
+	startAll(t, l, nodes)
+
+	t.Run("subnet.env", func(t *testing.T) {
+		for i, n := range nodes {
+			if got, want := n.WaitSubnetEnv(t, convergeTimeout), subnetEnvWithMTU(i+1, 1500); got != want {
+				t.Errorf("%s: subnet.env:\n%s\nwant:\n%s", n.Name, got, want)
+			}
+		}
+	})
+
+	t.Run("node annotations", func(t *testing.T) {
+		for i, n := range nodes {
+			err := lab.Poll(convergeTimeout, func() error {
+				return checkFlannelNode(l.GetNode(t, n), "host-gw", "null", underlayIP(i+1))
+			})
+			if err != nil {
+				t.Errorf("Node %s: %v", n.Name, err)
+			}
+		}
+	})
+
+	t.Run("no device", func(t *testing.T) {
+		for _, n := range nodes {
+			if err := checkNoVXLANDevice(n.Netns); err != nil {
+				t.Errorf("%s: %v", n.Name, err)
+			}
+		}
+	})
+
+	t.Run("peer routes", func(t *testing.T) {
+		for _, n := range nodes {
+			want := directRoutesFor(n, nodes...)
+			if err := lab.Poll(convergeTimeout, func() error { return checkDirectRoutes(n.Netns, want) }); err != nil {
+				t.Errorf("%s: %v", n.Name, err)
+			}
+			// Every route flanneld owns is one of those: nothing on other devices.
+			routes, err := lab.ShowRoutes(n.Netns)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range routes {
+				if r.Protocol == ownedProto && r.Dev != "eth0" {
+					t.Errorf("%s: unexpected route %s", n.Name, r)
+				}
+			}
+		}
+	})
+
+	t.Run("iptables", func(t *testing.T) {
+		for i, n := range nodes {
+			want := expectedRules(podCIDR(i + 1))
+			err := lab.Poll(convergeTimeout, func() error {
+				out, err := lab.Exec(n.Netns, "iptables-save")
+				if err != nil {
+					return err
+				}
+				return checkRules(parseIPTablesSave(out), want)
+			})
+			if err != nil {
+				t.Errorf("%s: %v", n.Name, err)
+			}
+		}
+	})
+
+	var pods []*lab.Pod
+	t.Run("ping between pods", func(t *testing.T) {
+		pods = []*lab.Pod{
+			l.AddPod(t, nodes[0], "p1"),
+			l.AddPod(t, nodes[0], "p2"),
+			l.AddPod(t, nodes[1], "p1"),
+			l.AddPod(t, nodes[2], "p1"),
+		}
+		for _, p := range pods {
+			if link, err := lab.ShowLink(p.Netns, "eth0"); err != nil || link.MTU != 1500 {
+				t.Errorf("pod %s/%s eth0 MTU %d (%v), want 1500", p.Node.Name, p.Name, link.MTU, err)
+			}
+		}
+		pingAll(t, pods)
+	})
+
+	t.Run("deleted node is removed from peers", func(t *testing.T) {
+		gone := nodes[2]
+		gone.Flanneld().Stop()
+		l.DeleteNode(t, gone)
+		for _, n := range nodes[:2] {
+			want := directRoutesFor(n, nodes[:2]...)
+			if err := lab.Poll(convergeTimeout, func() error { return checkDirectRoutes(n.Netns, want) }); err != nil {
+				t.Errorf("%s after deleting Node %s: %v", n.Name, gone.Name, err)
+			}
+		}
+		if len(pods) == 0 {
+			t.Skip("no pods to ping (the ping subtest failed)")
+		}
+		pingAll(t, []*lab.Pod{pods[0], pods[2]})
+	})
+}
+
+// TestHostGWPeerBehindRouter runs host-gw with a peer on the other underlay
+// segment: no node can route to a peer it reaches only through the router,
+// so none installs a route for it and each logs a warning naming it; the
+// peers that share a segment keep working.
+func TestHostGWPeerBehindRouter(t *testing.T) {
+	lab.RequireRoot(t)
+	lab.RequireBinary(t, lab.BinaryFlanneld)
+	l := lab.New(t)
+	if err := l.WriteNetConf(hostGWNetConf); err != nil {
+		t.Fatal(err)
+	}
+	n1 := l.AddNodeOn(t, lab.Segment1, "n1", podCIDR(1))
+	n2 := l.AddNodeOn(t, lab.Segment1, "n2", podCIDR(2))
+	n3 := l.AddNodeOn(t, lab.Segment2, "n3", podCIDR(3))
+	nodes := []*lab.Node{n1, n2, n3}
+	startAll(t, l, nodes)
+
+	expect := map[*lab.Node][]string{
+		n1: {directRoute(n2)},
+		n2: {directRoute(n1)},
+		n3: nil,
+	}
+	for _, n := range nodes {
+		if err := lab.Poll(convergeTimeout, func() error { return checkDirectRoutes(n.Netns, expect[n]) }); err != nil {
+			t.Errorf("%s: %v", n.Name, err)
+		}
+	}
+	// No route of any kind for the other segment's subnets.
+	for _, c := range []struct{ on, peer *lab.Node }{{n1, n3}, {n2, n3}, {n3, n1}, {n3, n2}} {
+		if routes, err := routesTo(c.on.Netns, c.peer.PodCIDR); err != nil || len(routes) > 0 {
+			t.Errorf("%s has routes for %s (%s) behind the router: %v %v", c.on.Name, c.peer.Name, c.peer.PodCIDR, routes, err)
+		}
+	}
+
+	t.Run("warnings", func(t *testing.T) {
+		for _, c := range []struct{ on, peer *lab.Node }{{n1, n3}, {n2, n3}, {n3, n1}, {n3, n2}} {
+			line := waitLogLine(t, c.on.Flanneld(), convergeTimeout, "Skipping peer", `"`+c.peer.Name+`"`)
+			if !strings.Contains(line, "L2 segment") || !strings.Contains(line, "gateway") {
+				t.Errorf("%s: the warning about %s does not say it is not on this node's L2 segment and reached through a gateway:\n%s", c.on.Name, c.peer.Name, line)
+			}
+			if !strings.Contains(line, c.peer.IP.String()) {
+				t.Errorf("%s: the warning about %s does not name its address %s:\n%s", c.on.Name, c.peer.Name, c.peer.IP, line)
+			}
+		}
+		// Same-segment peers are not skipped.
+		if lines := logLines(n1.Flanneld().Log(), "Skipping peer", `"n2"`); len(lines) > 0 {
+			t.Errorf("n1 skipped its same-segment peer n2:\n%s", strings.Join(lines, "\n"))
+		}
+	})
+
+	t.Run("same-segment pods ping", func(t *testing.T) {
+		pingAll(t, []*lab.Pod{l.AddPod(t, n1, "p1"), l.AddPod(t, n2, "p1")})
+	})
+
+	t.Run("all running", func(t *testing.T) {
+		for _, n := range nodes {
+			requireRunning(t, n)
+		}
+	})
+}
