@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -219,4 +220,16 @@ func podOn(pods []*lab.Pod, n *lab.Node) *lab.Pod {
 		}
 	}
 	return nil
+}
+
+// flapUnderlay sets eth0 of node n down and up again, as a cable pull
+// would. The kernel flushes every route through eth0 meanwhile, flanneld's
+// and the lab's default route alike; the latter is put back here, as the
+// node's network configuration would.
+func flapUnderlay(t testing.TB, n *lab.Node) {
+	t.Helper()
+	mustExec(t, n.Netns, "ip", "link", "set", "eth0", "down")
+	time.Sleep(500 * time.Millisecond)
+	mustExec(t, n.Netns, "ip", "link", "set", "eth0", "up")
+	mustExec(t, n.Netns, "ip", "route", "replace", "default", "via", n.Segment.Gateway().String(), "dev", "eth0")
 }

@@ -103,6 +103,24 @@ func TestHostGWCluster(t *testing.T) {
 		pingAll(t, pods)
 	})
 
+	t.Run("repair", func(t *testing.T) {
+		n1 := nodes[0]
+		want := directRoutesFor(n1, nodes...)
+		mustExec(t, n1.Netns, "ip", "route", "del", nodes[1].PodCIDR)
+		if err := lab.Poll(convergeTimeout, func() error { return checkDirectRoutes(n1.Netns, want) }); err != nil {
+			t.Errorf("%s after deleting its route to %s: %v", n1.Name, nodes[1].Name, err)
+		}
+		// The kernel flushes every route through a link that goes down.
+		flapUnderlay(t, n1)
+		if err := lab.Poll(convergeTimeout, func() error { return checkDirectRoutes(n1.Netns, want) }); err != nil {
+			t.Errorf("%s after eth0 went down and up: %v", n1.Name, err)
+		}
+		if len(pods) > 0 {
+			pingAll(t, []*lab.Pod{pods[0], pods[2], pods[3]})
+		}
+		requireRunning(t, n1)
+	})
+
 	t.Run("deleted node is removed from peers", func(t *testing.T) {
 		gone := nodes[2]
 		gone.Flanneld().Stop()
@@ -117,6 +135,30 @@ func TestHostGWCluster(t *testing.T) {
 			t.Skip("no pods to ping (the ping subtest failed)")
 		}
 		pingAll(t, []*lab.Pod{pods[0], pods[2]})
+	})
+
+	t.Run("node deleted while flanneld was down", func(t *testing.T) {
+		n1 := nodes[0]
+		const name, cidr = "f1", "10.244.50.0/24"
+		addr := lab.Segment1.Host(250).String()
+		createNode(t, l, name, cidr, map[string]string{
+			annotationPrefix + "kube-subnet-manager": "true",
+			annotationPrefix + "backend-type":        "host-gw",
+			annotationPrefix + "backend-data":        "null",
+			annotationPrefix + "public-ip":           addr,
+		})
+		want := append(directRoutesFor(n1, nodes[:2]...), directRouteTo(cidr, addr))
+		if err := lab.Poll(convergeTimeout, func() error { return checkDirectRoutes(n1.Netns, want) }); err != nil {
+			t.Fatalf("%s: %v", n1.Name, err)
+		}
+		n1.Flanneld().Stop()
+		deleteNode(t, l, name)
+		l.StartFlanneld(t, n1)
+		n1.WaitReady(t, readyTimeout)
+		want = directRoutesFor(n1, nodes[:2]...)
+		if err := lab.Poll(convergeTimeout, func() error { return checkDirectRoutes(n1.Netns, want) }); err != nil {
+			t.Errorf("%s after %s was deleted while it was down: %v", n1.Name, name, err)
+		}
 	})
 }
 
@@ -135,7 +177,12 @@ func TestHostGWPeerBehindRouter(t *testing.T) {
 	n2 := l.AddNodeOn(t, lab.Segment1, "n2", podCIDR(2))
 	n3 := l.AddNodeOn(t, lab.Segment2, "n3", podCIDR(3))
 	nodes := []*lab.Node{n1, n2, n3}
+	// host-gw's MTU is the external interface's, whatever it is.
+	mustExec(t, n3.Netns, "ip", "link", "set", "eth0", "mtu", "1400")
 	startAll(t, l, nodes)
+	if got, want := n3.WaitSubnetEnv(t, convergeTimeout), subnetEnvWithMTU(3, 1400); got != want {
+		t.Errorf("n3 (eth0 MTU 1400): subnet.env:\n%s\nwant:\n%s", got, want)
+	}
 
 	expect := map[*lab.Node][]string{
 		n1: {directRoute(n2)},
@@ -172,6 +219,44 @@ func TestHostGWPeerBehindRouter(t *testing.T) {
 
 	t.Run("same-segment pods ping", func(t *testing.T) {
 		pingAll(t, []*lab.Pod{l.AddPod(t, n1, "p1"), l.AddPod(t, n2, "p1")})
+	})
+
+	t.Run("peer moves behind the router and back", func(t *testing.T) {
+		const name, cidr = "f1", "10.244.50.0/24"
+		near, far := lab.Segment1.Host(250).String(), lab.Segment2.Host(250).String()
+		createNode(t, l, name, cidr, map[string]string{
+			annotationPrefix + "kube-subnet-manager": "true",
+			annotationPrefix + "backend-type":        "host-gw",
+			annotationPrefix + "backend-data":        "null",
+			annotationPrefix + "public-ip":           near,
+		})
+		check := func(want map[*lab.Node][]string) {
+			t.Helper()
+			for _, n := range nodes {
+				if err := lab.Poll(convergeTimeout, func() error { return checkDirectRoutes(n.Netns, want[n]) }); err != nil {
+					t.Errorf("%s: %v", n.Name, err)
+				}
+			}
+		}
+		onSegment1 := map[*lab.Node][]string{
+			n1: {directRoute(n2), directRouteTo(cidr, near)},
+			n2: {directRoute(n1), directRouteTo(cidr, near)},
+		}
+		check(onSegment1)
+		waitLogLine(t, n3.Flanneld(), convergeTimeout, "Skipping peer", `"`+name+`"`, near)
+
+		patchAnnotations(t, l, name, map[string]*string{annotationPrefix + "public-ip": ptr(far)})
+		check(map[*lab.Node][]string{
+			n1: {directRoute(n2)},
+			n2: {directRoute(n1)},
+			n3: {directRouteTo(cidr, far)},
+		})
+		for _, n := range []*lab.Node{n1, n2} {
+			waitLogLine(t, n.Flanneld(), convergeTimeout, "Skipping peer", `"`+name+`"`, far)
+		}
+
+		patchAnnotations(t, l, name, map[string]*string{annotationPrefix + "public-ip": ptr(near)})
+		check(onSegment1)
 	})
 
 	t.Run("all running", func(t *testing.T) {

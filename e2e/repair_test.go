@@ -101,7 +101,7 @@ func TestDriftRepair(t *testing.T) {
 	for _, c := range cases {
 		t.Run(strings.ReplaceAll(c.name, "_", " "), func(t *testing.T) {
 			time.Sleep(repairQuiet)
-			logged := regexp.MustCompile(`"Repaired drift".*entry="` + c.kind + ` [^\n]*` + regexp.QuoteMeta(c.token))
+			logged := regexp.MustCompile(`(?m)^.*"Repaired drift".*entry="` + c.kind + ` .*` + regexp.QuoteMeta(c.token) + `.*$`)
 			before := len(logged.FindAllString(flanneld.Log(), -1))
 			for _, argv := range c.breakIt {
 				mustExec(t, ns, argv...)

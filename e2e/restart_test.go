@@ -115,7 +115,7 @@ func TestRestart(t *testing.T) {
 		// While n1's flanneld is down: f3 leaves the cluster, and n1's
 		// kernel gets stale flanneld state plus other agents' state.
 		deleteNode(t, l, gone.Name)
-		stray := peer{Name: "stray", PodCIDR: "10.244.77.0/24", PublicIP: fakePublicIP(77), MAC: fakeMAC(77)}
+		stray := peer{Name: "stray", PodCIDR: "10.244.77.0/24", PublicIP: "192.168.100.177", MAC: fakeMAC(77)}
 		foreign := [][]string{
 			{"ip", "route", "add", "10.250.0.0/24", "via", "192.168.100.13", "dev", "eth0", "proto", "static"},
 			{"ip", "route", "add", "10.251.0.0/24", "dev", "eth0"},
@@ -263,13 +263,13 @@ type monitor struct {
 	canaryIndex int
 }
 
-// startMonitor runs `ip monitor route neigh` and `bridge monitor fdb` in ns
+// startMonitor runs `ip -4 monitor route neigh` and `bridge monitor fdb` in ns
 // and returns once both are seen to report events.
 func startMonitor(t testing.TB, l *lab.Lab, ns string) *monitor {
 	t.Helper()
 	m := &monitor{
 		ns:     ns,
-		ip:     l.Start(t, ns, "ip-monitor", nil, "ip", "monitor", "route", "neigh"),
+		ip:     l.Start(t, ns, "ip-monitor", nil, "ip", "-4", "monitor", "route", "neigh"),
 		bridge: l.Start(t, ns, "bridge-monitor", nil, "bridge", "monitor", "fdb"),
 	}
 	m.canary(t)

@@ -96,49 +96,62 @@ func DialContextIn(ns string) func(ctx context.Context, network, address string)
 	}
 }
 
-func dialInNetns(ctx context.Context, ns, network, address string) (net.Conn, error) {
-	type result struct {
-		conn net.Conn
-		err  error
-	}
-	ch := make(chan result, 1)
+func dialInNetns(ctx context.Context, ns, network, address string) (conn net.Conn, err error) {
+	err = InNetns(ns, func() error {
+		var d net.Dialer
+		conn, err = d.DialContext(ctx, network, address)
+		return err
+	})
+	return conn, err
+}
+
+// ListenIn opens a listener inside the named namespace; it serves there
+// whichever goroutine accepts on it.
+func ListenIn(ns, network, address string) (ln net.Listener, err error) {
+	err = InNetns(ns, func() error {
+		ln, err = net.Listen(network, address)
+		return err
+	})
+	return ln, err
+}
+
+// InNetns runs fn on a thread switched into the named namespace. Sockets
+// fn opens stay in that namespace; fn must not start goroutines that
+// expect to run there.
+func InNetns(ns string, fn func() error) error {
+	ch := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		orig, err := netns.Get()
 		if err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("reading the thread's netns: %w", err)}
+			ch <- fmt.Errorf("reading the thread's netns: %w", err)
 			return
 		}
 		defer orig.Close()
 		target, err := netns.GetFromName(ns)
 		if err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("opening netns %s: %w", ns, err)}
+			ch <- fmt.Errorf("opening netns %s: %w", ns, err)
 			return
 		}
 		defer target.Close()
 		if err := netns.Set(target); err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("entering netns %s: %w", ns, err)}
+			ch <- fmt.Errorf("entering netns %s: %w", ns, err)
 			return
 		}
-		var d net.Dialer
-		conn, dialErr := d.DialContext(ctx, network, address)
+		fnErr := fn()
 		if err := netns.Set(orig); err != nil {
 			// The thread is stuck in the lab namespace: leave it locked so
 			// the runtime discards it when this goroutine ends.
-			if conn != nil {
-				conn.Close()
-			}
-			ch <- result{err: fmt.Errorf("restoring the thread's netns: %w", err)}
+			ch <- fmt.Errorf("restoring the thread's netns: %w", err)
 			return
 		}
 		runtime.UnlockOSThread()
-		ch <- result{conn: conn, err: dialErr}
+		ch <- fnErr
 	}()
-	r := <-ch
-	return r.conn, r.err
+	return <-ch
 }
 
 // HTTPClientIn returns a plain HTTP client whose connections are made from

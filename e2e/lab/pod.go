@@ -1,97 +1,163 @@
 package lab
 
-// This file stands in for the CNI plugins: it wires pods by hand the way the
-// bridge plugin would. A later change replaces it with the real plugins.
+// Pods are created the way a container runtime creates them: a network
+// namespace per pod, and the CNI conflist from the manifest's ConfigMap
+// (the project's flannel plugin delegating to the reference bridge,
+// host-local and portmap plugins), run by cnitool inside the node.
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
-	"strconv"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
 
-// Pod is a namespace with an eth0 on its node's cni0 bridge.
+var (
+	BinaryFlannelCNI = Binary{Env: "FLANNEL_CNI", Relative: "bin/flannel"}
+	BinaryCNITool    = Binary{Env: "CNITOOL", Relative: "bin/cnitool"}
+	BinaryBridge     = Binary{Env: "CNI_BRIDGE", Relative: "bin/cni/bridge"}
+)
+
+// cniNetwork is the network name of the manifest's conflist.
+const cniNetwork = "cbr0"
+
+// Pod is a network namespace plugged into its node by CNI.
 type Pod struct {
 	Name    string
 	Node    *Node
 	Netns   string
 	IP      netip.Addr
 	Gateway netip.Addr // the cni0 address
+
+	capArgs string // the CNI capabilities given at ADD, given again at DEL
 }
 
-// AddPod waits for the node's subnet.env, makes sure cni0 exists with the
-// first address of FLANNEL_SUBNET, and creates a pod namespace whose eth0
-// (MTU FLANNEL_MTU) has the next free address and a default route via cni0.
+// PortMapping is a CNI portMappings capability entry.
+type PortMapping struct {
+	HostPort      int    `json:"hostPort"`
+	ContainerPort int    `json:"containerPort"`
+	Protocol      string `json:"protocol"`
+}
+
+// AddPod waits for the node's subnet.env and creates a pod through CNI ADD.
 func (l *Lab) AddPod(t testing.TB, n *Node, name string) *Pod {
 	t.Helper()
-	env := ParseSubnetEnv(n.WaitSubnetEnv(t, 60*time.Second))
-	gw, err := netip.ParsePrefix(env["FLANNEL_SUBNET"])
-	if err != nil {
-		t.Fatalf("subnet.env of %s: FLANNEL_SUBNET: %v", n.Name, err)
-	}
-	mtu, err := strconv.Atoi(env["FLANNEL_MTU"])
-	if err != nil {
-		t.Fatalf("subnet.env of %s: FLANNEL_MTU: %v", n.Name, err)
-	}
+	return l.AddPodWithPorts(t, n, name, nil)
+}
 
-	l.mu.Lock()
-	host := n.nextPod
-	n.nextPod++
-	l.mu.Unlock()
-	ip := gw.Masked().Addr()
-	for range host {
-		ip = ip.Next()
-	}
-	if !gw.Contains(ip) {
-		t.Fatalf("node %s: no free address left in %s", n.Name, gw)
-	}
-	p := &Pod{Name: name, Node: n, Netns: netnsName(l.runID, n.Name, name), IP: ip, Gateway: gw.Addr()}
-	if err := ensureCNIBridge(n.Netns, gw, mtu); err != nil {
-		t.Fatalf("node %s: %v", n.Name, err)
-	}
-	if err := wirePod(p, gw.Bits(), mtu, ifName("vp-"+name, fmt.Sprintf("vp%d", host))); err != nil {
+// AddPodWithPorts is AddPod with port mappings for the portmap plugin.
+func (l *Lab) AddPodWithPorts(t testing.TB, n *Node, name string, ports []PortMapping) *Pod {
+	t.Helper()
+	n.WaitSubnetEnv(t, 60*time.Second)
+	p := &Pod{Name: name, Node: n, Netns: netnsName(l.runID, n.Name, name)}
+	if err := createNetns(p.Netns); err != nil {
 		t.Fatalf("creating pod %s on %s: %v", name, n.Name, err)
 	}
+	if len(ports) > 0 {
+		b, _ := json.Marshal(map[string]any{"portMappings": ports})
+		p.capArgs = string(b)
+	}
+	out, err := l.cni(t, n, "add", p)
+	if err != nil {
+		t.Fatalf("CNI ADD of pod %s on %s: %v\n%s", name, n.Name, err, out)
+	}
+	var res struct {
+		IPs []struct {
+			Address string `json:"address"`
+			Gateway string `json:"gateway"`
+		} `json:"ips"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.IPs) == 0 {
+		t.Fatalf("CNI ADD of pod %s on %s: unexpected result %q: %v", name, n.Name, out, err)
+	}
+	addr, err := netip.ParsePrefix(res.IPs[0].Address)
+	if err != nil {
+		t.Fatalf("CNI result address %q: %v", res.IPs[0].Address, err)
+	}
+	p.IP = addr.Addr()
+	p.Gateway, _ = netip.ParseAddr(res.IPs[0].Gateway)
 	return p
 }
 
-// ensureCNIBridge creates cni0 with address gw if the node has none yet.
-func ensureCNIBridge(nodeNS string, gw netip.Prefix, mtu int) error {
-	if _, err := runIP("-n", nodeNS, "link", "show", "cni0"); err == nil {
-		return nil
+// DelPod runs CNI DEL for the pod (its namespace stays until cleanup).
+func (l *Lab) DelPod(t testing.TB, p *Pod) {
+	t.Helper()
+	if out, err := l.cni(t, p.Node, "del", p); err != nil {
+		t.Fatalf("CNI DEL of pod %s on %s: %v\n%s", p.Name, p.Node.Name, err, out)
 	}
-	for _, args := range [][]string{
-		{"-n", nodeNS, "link", "add", "cni0", "mtu", strconv.Itoa(mtu), "type", "bridge"},
-		{"-n", nodeNS, "addr", "add", gw.String(), "dev", "cni0"},
-		{"-n", nodeNS, "link", "set", "cni0", "up"},
-	} {
-		if _, err := runIP(args...); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
-// wirePod creates the pod namespace and its veth pair.
-func wirePod(p *Pod, bits, mtu int, hostVeth string) error {
-	if err := createNetns(p.Netns); err != nil {
-		return err
+// CNIStateDir is where the flannel plugin of node n keeps its per-container
+// delegate configurations, and IPAMDir where host-local keeps its leases.
+func (n *Node) CNIStateDir() string { return filepath.Join(n.Dir, "cni", "flannel") }
+
+// IPAMDir is where host-local keeps node n's address leases.
+func (n *Node) IPAMDir() string { return filepath.Join(n.Dir, "cni", "ipam") }
+
+// cniConfDir writes node n's conflist: the manifest's, with the flannel
+// plugin pointed at the node's own subnet file and state directories (the
+// lab's nodes share one file system).
+func (l *Lab) cniConfDir(n *Node) (string, error) {
+	dir := filepath.Join(n.Dir, "cni", "net.d")
+	path := filepath.Join(dir, "10-flannel.conflist")
+	if _, err := os.Stat(path); err == nil {
+		return dir, nil
 	}
-	nodeNS := p.Node.Netns
-	m := strconv.Itoa(mtu)
-	for _, args := range [][]string{
-		{"-n", nodeNS, "link", "add", hostVeth, "mtu", m, "type", "veth", "peer", "name", "eth0", "mtu", m, "netns", p.Netns},
-		{"-n", nodeNS, "link", "set", hostVeth, "master", "cni0", "up"},
-		{"-n", p.Netns, "addr", "add", netip.PrefixFrom(p.IP, bits).String(), "dev", "eth0"},
-		{"-n", p.Netns, "link", "set", "eth0", "up"},
-		{"-n", p.Netns, "route", "add", "default", "via", p.Gateway.String(), "dev", "eth0"},
-	} {
-		if _, err := runIP(args...); err != nil {
-			return err
+	cm, err := ManifestConfigMap()
+	if err != nil {
+		return "", err
+	}
+	var conf map[string]any
+	if err := json.Unmarshal([]byte(cm.Data["cni-conf.json"]), &conf); err != nil {
+		return "", fmt.Errorf("cni-conf.json of the manifest: %w", err)
+	}
+	plugins, _ := conf["plugins"].([]any)
+	for _, p := range plugins {
+		if pm, ok := p.(map[string]any); ok && pm["type"] == "flannel" {
+			pm["subnetFile"] = n.SubnetFile
+			pm["dataDir"] = n.CNIStateDir()
+			pm["ipam"] = map[string]any{"dataDir": n.IPAMDir()}
 		}
 	}
-	return nil
+	data, err := json.MarshalIndent(conf, "", "  ")
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	return dir, os.WriteFile(path, data, 0o644)
+}
+
+// cni runs cnitool add/del for pod p inside node n, as a runtime would.
+func (l *Lab) cni(t testing.TB, n *Node, cmd string, p *Pod) (string, error) {
+	t.Helper()
+	tool := RequireBinary(t, BinaryCNITool)
+	flannel := RequireBinary(t, BinaryFlannelCNI)
+	bridge := RequireBinary(t, BinaryBridge)
+	confDir, err := l.cniConfDir(n)
+	if err != nil {
+		return "", err
+	}
+	env := []string{
+		"NETCONFPATH=" + confDir,
+		"CNI_PATH=" + filepath.Dir(bridge) + ":" + filepath.Dir(flannel),
+		"CNI_CACHE_DIR=" + filepath.Join(n.Dir, "cni", "cache"),
+		"PATH=" + os.Getenv("PATH"),
+	}
+	if p.capArgs != "" {
+		env = append(env, "CAP_ARGS="+p.capArgs)
+	}
+	argv := []string{"netns", "exec", n.Netns, "env", "-i"}
+	argv = append(argv, env...)
+	argv = append(argv, tool, cmd, cniNetwork, "/run/netns/"+p.Netns)
+	out, err := exec.Command("ip", argv...).CombinedOutput()
+	return strings.TrimSpace(string(out)), err
 }
 
 // Ping sends one echo request from the pod (2 s timeout).

@@ -1,8 +1,0 @@
-package e2e
-
-import (
-	"bufio"
-	"bytes"
-)
-
-func bufioReader(data []byte) *bufio.Reader { return bufio.NewReader(bytes.NewReader(data)) }
