@@ -7,7 +7,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 TESTFLAGS ?=
 
-.PHONY: all build test unit e2e deps vet fmt clean lab-binaries image
+.PHONY: all build test unit e2e deps vet fmt clean lab-binaries image demo
 
 all: build
 
@@ -63,6 +63,12 @@ e2e: build lab-binaries
 .PHONY: bench-datapath
 bench-datapath: deps build lab-binaries
 	FLANNELD_BENCH=1 $(GO) test -count=1 -timeout 30m -v -run '^TestDatapath$$' ./bench/datapath
+
+BACKEND ?= vxlan
+
+# A three-node cluster in network namespaces, shown and torn down.
+demo: deps build lab-binaries
+	FLANNELD_DEMO=1 BACKEND=$(BACKEND) $(GO) test -count=1 -timeout 15m -v -run '^TestDemo$$' ./e2e/demo/
 
 IMAGE ?= ghcr.io/flanneld/flanneld:$(VERSION)
 

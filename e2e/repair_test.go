@@ -154,11 +154,49 @@ func TestDriftRepair(t *testing.T) {
 		}
 	})
 
+	t.Run("device set down", func(t *testing.T) {
+		// Setting the device down also makes the kernel drop every route
+		// through it.
+		time.Sleep(repairQuiet)
+		mustExec(t, ns, "ip", "link", "set", vxlanDevice, "down")
+		d := measure(t, vxlanDevice+" up with all its entries", repairTimeout, func() error {
+			if err := checkVXLANDevice(ns, 1); err != nil {
+				return err
+			}
+			return checkPeerState(ns, want)
+		})
+		metric(t, "device_down_repair_seconds", d)
+		healthy(t)
+	})
+
+	t.Run("device MAC changed", func(t *testing.T) {
+		// Peers send to the advertised MAC: a changed one must be put back.
+		time.Sleep(repairQuiet)
+		mustExec(t, ns, "ip", "link", "set", vxlanDevice, "address", "0a:00:00:00:00:42")
+		d := measure(t, vxlanDevice+" to get its advertised MAC back", repairTimeout, func() error {
+			link, err := lab.ShowLink(ns, vxlanDevice)
+			if err != nil {
+				return err
+			}
+			if link.Address != mac1 {
+				return fmt.Errorf("MAC %s, want %s", link.Address, mac1)
+			}
+			return nil
+		})
+		metric(t, "device_mac_repair_seconds", d)
+		healthy(t)
+	})
+
 	t.Run("underlay link flap", func(t *testing.T) {
 		time.Sleep(repairQuiet)
 		mustExec(t, ns, "ip", "link", "set", "eth0", "down")
 		time.Sleep(2 * time.Second)
 		requireRunning(t, n1)
+		if err := checkPeerState(ns, want); err != nil {
+			t.Logf("while eth0 is down: %v", err)
+		} else {
+			t.Logf("while eth0 is down, n1's vxlan state is intact")
+		}
 		mustExec(t, ns, "ip", "link", "set", "eth0", "up")
 		up := time.Now()
 		d := measure(t, "n1's state after eth0 is up again", repairTimeout, func() error {

@@ -8,6 +8,10 @@
 // their node. Nothing is created in the host namespace and no traffic leaves
 // the lab.
 //
+// A lab can also be routed (topology.go): a second segment (Segment2, bridge
+// br1) joined to the first by a router namespace, for peers that are reached
+// only through a gateway.
+//
 // Every machine-wide name (namespace names) carries a random run id, so
 // parallel test runs never collide, and everything a lab creates is removed
 // by t.Cleanup, also when the test fails or panics.
