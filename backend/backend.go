@@ -58,6 +58,10 @@ type Params struct {
 // use; the peer is skipped.
 var ErrPeerData = errors.New("unusable peer lease")
 
+// ErrUnreachable is wrapped by the error for a peer whose public IP is not on
+// this node's L2 segment, when the backend needs it to be (host-gw).
+var ErrUnreachable = fmt.Errorf("%w: unreachable without a gateway", ErrPeerData)
+
 // DirectRoute returns the route to a peer's subnet through its public IP on
 // the external interface, or an error wrapping ErrPeerData when the public
 // IP is not on that interface's L2 segment.
@@ -72,7 +76,7 @@ func DirectRoute(reach ip.Reachability, ext *ip.ExternalInterface, peer subnet.L
 			how = "only through the gateway " + gw.String()
 		}
 		return kernel.Route{}, fmt.Errorf("%w: peer %s at %s is not on this node's L2 segment (reached %s)",
-			ErrPeerData, peer.Name, peer.Attrs.PublicIP, how)
+			ErrUnreachable, peer.Name, peer.Attrs.PublicIP, how)
 	}
 	return kernel.Route{Dst: peer.Subnet.Masked(), Gw: peer.Attrs.PublicIP, LinkIndex: ext.Index}, nil
 }

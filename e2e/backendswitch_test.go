@@ -79,8 +79,31 @@ func TestBackendSwitch(t *testing.T) {
 	})
 
 	t.Run("back to vxlan", func(t *testing.T) {
-		stopAll(nodes)
-		startAll(t, l, nodes, useVXLAN)
+		// n1 first: its host-gw routes go, and its peers, still on
+		// host-gw, drop their routes to it.
+		n1.Flanneld().Stop()
+		l.StartFlanneld(t, n1, useVXLAN)
+		n1.WaitReady(t, readyTimeout)
+		if err := lab.Poll(convergeTimeout, func() error { return checkDirectRoutes(n1.Netns, nil) }); err != nil {
+			t.Errorf("n1 back on vxlan: %v", err)
+		}
+		if err := lab.Poll(convergeTimeout, func() error { return checkPeerState(n1.Netns, peerState{}) }); err != nil {
+			t.Errorf("n1 back on vxlan, peers on host-gw: %v", err)
+		}
+		for _, n := range rest {
+			want := directRoutesFor(n, rest...)
+			if err := lab.Poll(convergeTimeout, func() error { return checkDirectRoutes(n.Netns, want) }); err != nil {
+				t.Errorf("%s after n1 went back to vxlan: %v", n.Name, err)
+			}
+		}
+
+		stopAll(rest)
+		for _, n := range rest {
+			l.StartFlanneld(t, n, useVXLAN)
+		}
+		for _, n := range rest {
+			n.WaitReady(t, readyTimeout)
+		}
 		macs := vtepMACs(t, nodes)
 		for i, n := range nodes {
 			if err := lab.Poll(convergeTimeout, func() error { return checkVXLANDevice(n.Netns, i+1) }); err != nil {

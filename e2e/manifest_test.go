@@ -104,7 +104,7 @@ func TestManifest(t *testing.T) {
 	}
 	t.Run("daemonset", func(t *testing.T) { checkDaemonSet(t, ds) })
 	t.Run("least privilege", func(t *testing.T) {
-		want := []string{"nodes/status:patch", "nodes:get,list,watch", "pods:get"} // sorted
+		want := []string{"events:create,patch", "nodes/status:patch", "nodes:get,list,watch", "pods:get"} // sorted
 		var got []string
 		for _, r := range role.Rules {
 			for _, res := range r.Resources {

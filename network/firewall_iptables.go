@@ -69,6 +69,10 @@ type Firewall struct {
 	mu     sync.Mutex
 	chains []*ownedChain // in the order their first rule appears
 	hooks  []Rule        // rules in built-in chains, in order
+
+	// OnRestore, if set, is called by Run with the repairs of each pass
+	// after the first (the first installs the rules).
+	OnRestore func(repairs []string)
 }
 
 // ownedChain is a chain flanneld owns and its wanted content.
@@ -151,6 +155,44 @@ func (f *Firewall) Ensure() (repairs []string, err error) {
 	return repairs, errors.Join(errs...)
 }
 
+// Check compares the kernel with the rules without changing anything, and
+// describes each difference the way Ensure would report its repair.
+func (f *Firewall) Check() (problems []string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var errs []error
+	for _, c := range f.chains {
+		exists, err := f.ipt.ChainExists(c.table, c.name)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("checking chain %s: %w", c, err))
+			continue
+		}
+		if !exists {
+			problems = append(problems, fmt.Sprintf("%s: chain missing", c))
+			continue
+		}
+		actual, err := f.listRules(c)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if !c.matches(actual) {
+			problems = append(problems, fmt.Sprintf("%s: %s", c, describeDiff(c.reference(), actual)))
+		}
+	}
+	for _, h := range f.hooks {
+		ok, err := f.ipt.Exists(h.Table, h.Chain, h.Spec...)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("checking rule in %s/%s: %w", h.Table, h.Chain, err))
+			continue
+		}
+		if !ok {
+			problems = append(problems, fmt.Sprintf("%s/%s: rule missing: %s", h.Table, h.Chain, strings.Join(h.Spec, " ")))
+		}
+	}
+	return problems, errors.Join(errs...)
+}
+
 // Run calls Ensure at once and then every interval until ctx is done,
 // logging each repair and each error. A non-positive interval means 5s.
 func (f *Firewall) Run(ctx context.Context, interval time.Duration) {
@@ -180,6 +222,9 @@ func (f *Firewall) ensureAndLog(first bool) {
 	}
 	for _, r := range repairs {
 		klog.InfoS(msg, "repair", r)
+	}
+	if !first && len(repairs) > 0 && f.OnRestore != nil {
+		f.OnRestore(repairs)
 	}
 	if err != nil {
 		klog.ErrorS(err, "Failed to ensure firewall rules")

@@ -299,3 +299,22 @@ func fwWaitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+func TestFirewallCheckIsReadOnly(t *testing.T) {
+	ipt := newFakeIPTables()
+	rules := append(MasqRules(fwReferenceConfig), ForwardRules(fwReferenceConfig.Network)...)
+	f := NewFirewall(ipt, rules)
+	problems, err := f.Check()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(problems) != 4 { // two chains missing, two jumps missing
+		t.Fatalf("problems on empty tables: %v", problems)
+	}
+	if _, err := f.Ensure(); err != nil {
+		t.Fatal(err)
+	}
+	if problems, err := f.Check(); err != nil || len(problems) != 0 {
+		t.Fatalf("problems after Ensure: %v, %v", problems, err)
+	}
+}

@@ -222,10 +222,11 @@ func (r *Reconciler) Sync(desired State, full bool) (Result, error) {
 	var haveNeighs map[kernel.NeighKey]kernel.Neigh
 	var haveFDBs map[kernel.FDBKey]kernel.FDB
 	if full {
-		var err error
-		if haveRoutes, haveNeighs, haveFDBs, err = r.readOwned(desired.OwnedLinks); err != nil {
+		snap, err := ReadOwned(r.k, desired.OwnedLinks)
+		if err != nil {
 			return Result{}, err
 		}
+		haveRoutes, haveNeighs, haveFDBs = snap.Routes, snap.Neighs, snap.FDBs
 	}
 
 	routes := table[kernel.RouteKey, kernel.Route]{kind: "route", applied: r.routes,
@@ -265,41 +266,6 @@ func (r *Reconciler) Drifted(ev kernel.Event) bool {
 		return ok && (ev.Deleted || *ev.FDB != have)
 	}
 	return false
-}
-
-// readOwned reads the entries flanneld owns from the kernel: routes with its
-// protocol or through an owned link, and the permanent neighbour and FDB
-// entries of owned links.
-func (r *Reconciler) readOwned(ownedLinks []int) (map[kernel.RouteKey]kernel.Route, map[kernel.NeighKey]kernel.Neigh, map[kernel.FDBKey]kernel.FDB, error) {
-	all, err := r.k.ListRoutes()
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	routes := map[kernel.RouteKey]kernel.Route{}
-	for _, rt := range all {
-		if rt.Protocol == kernel.RouteProtocol || (slices.Contains(ownedLinks, rt.LinkIndex) && rt.Protocol != protoKernel) {
-			routes[rt.Key()] = rt
-		}
-	}
-	neighs := map[kernel.NeighKey]kernel.Neigh{}
-	fdbs := map[kernel.FDBKey]kernel.FDB{}
-	for _, link := range ownedLinks {
-		ns, err := r.k.ListNeighs(link)
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		for _, n := range ns {
-			neighs[n.Key()] = n
-		}
-		fs, err := r.k.ListFDB(link)
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		for _, f := range fs {
-			fdbs[f.Key()] = f
-		}
-	}
-	return routes, neighs, fdbs, nil
 }
 
 // protoKernel is RTPROT_KERNEL: routes the kernel adds for addresses.

@@ -120,13 +120,10 @@ func TestDatapath(t *testing.T) {
 // benchBackend measures one backend on two nodes of its own. Node i*2+1 and
 // i*2+2 get subnets 10.244.(2i+1).0/24 and 10.244.(2i+2).0/24. When done,
 // flanneld stops and the Nodes are deleted, so the next backend's nodes do
-// not see them as peers.
+// not see them as peers. A "by-hand-<type>" backend is the same datapath
+// set up with ip(8), without flanneld (byhand_test.go).
 func benchBackend(t *testing.T, l *lab.Lab, backendType string, i int, s settings) row {
 	r := row{backend: backendType}
-	confPath := fmt.Sprintf("%s/net-conf-%s.json", l.Dir(), backendType)
-	if err := os.WriteFile(confPath, []byte(netConf(backendType)), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	a := l.AddNode(t, backendType+"-a", fmt.Sprintf("10.244.%d.0/24", 2*i+1))
 	b := l.AddNode(t, backendType+"-b", fmt.Sprintf("10.244.%d.0/24", 2*i+2))
 	nodes := []*lab.Node{a, b}
@@ -138,14 +135,14 @@ func benchBackend(t *testing.T, l *lab.Lab, backendType string, i int, s setting
 			l.DeleteNode(t, n)
 		}
 	}()
-	for _, n := range nodes {
-		l.StartFlanneld(t, n, "--net-config-path="+confPath)
-	}
-	for _, n := range nodes {
-		if err := n.PollReady(readyTimeout); err != nil {
-			r.err = fmt.Errorf("flanneld on %s with backend %s: %w", n.Name, backendType, err)
+	if kind, ok := isByHand(backendType); ok {
+		if err := setupByHand(kind, a, b); err != nil {
+			r.err = fmt.Errorf("setting up %s by hand: %w", kind, err)
 			return r
 		}
+	} else if err := startFlanneld(t, l, nodes, backendType); err != nil {
+		r.err = err
+		return r
 	}
 	pa, pb := l.AddPod(t, a, "p1"), l.AddPod(t, b, "p1")
 	if err := lab.Poll(pingTimeout, func() error { return lab.Ping(pa, pb.IP) }); err != nil {
@@ -193,6 +190,24 @@ func benchBackend(t *testing.T, l *lab.Lab, backendType string, i int, s setting
 	t.Logf("BENCH backend=%s pod_gbps=%.2f underlay_gbps=%.2f throughput_ratio=%.3f pod_lat_us=%.2f underlay_lat_us=%.2f latency_ratio=%.3f",
 		backendType, r.podGbps, r.underGbps, r.podGbps/r.underGbps, r.podLatUS, r.underLatUS, r.podLatUS/r.underLatUS)
 	return r
+}
+
+// startFlanneld runs flanneld with the backend on nodes and waits until
+// they are ready.
+func startFlanneld(t *testing.T, l *lab.Lab, nodes []*lab.Node, backendType string) error {
+	confPath := fmt.Sprintf("%s/net-conf-%s.json", l.Dir(), backendType)
+	if err := os.WriteFile(confPath, []byte(netConf(backendType)), 0o644); err != nil {
+		return err
+	}
+	for _, n := range nodes {
+		l.StartFlanneld(t, n, "--net-config-path="+confPath)
+	}
+	for _, n := range nodes {
+		if err := n.PollReady(readyTimeout); err != nil {
+			return fmt.Errorf("flanneld on %s with backend %s: %w", n.Name, backendType, err)
+		}
+	}
+	return nil
 }
 
 // printTable writes the results, one row per backend.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"strconv"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/flanneld/flanneld/network"
 	"github.com/flanneld/flanneld/pkg/health"
 	"github.com/flanneld/flanneld/pkg/kernel"
+	"github.com/flanneld/flanneld/pkg/metrics"
 	"github.com/flanneld/flanneld/subnet"
 	"github.com/flanneld/flanneld/subnet/kube"
 )
@@ -92,6 +94,10 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	m := metrics.New(o.Version)
 	src := kube.New(kube.Config{
 		Client:                client,
 		NodeName:              nodeName,
@@ -100,16 +106,19 @@ func Run(ctx context.Context, o Options) error {
 		ExplicitPublicIP:      publicIP.IsValid(),
 		ExplicitPublicIPv6:    publicIPv6.IsValid(),
 		SetNetworkUnavailable: o.SetNodeNetworkUnavailable,
+		Recorder:              kube.NewRecorder(ctx, client, nodeName),
+		OnWatchEvent:          func(t string) { m.WatchEvents.WithLabelValues(t).Inc() },
+		OnSynced:              m.LastWatchSync.SetToCurrentTime,
 	})
-
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 
 	status := health.NewStatus(3*o.Resync + time.Minute)
 	var healthErr <-chan error
 	if o.HealthzPort > 0 {
+		mux := http.NewServeMux()
+		mux.Handle("/", status.Handler())
+		mux.Handle("/metrics", m.Handler())
 		addr := net.JoinHostPort(o.HealthzIP, strconv.Itoa(o.HealthzPort))
-		if healthErr, err = health.Serve(ctx, addr, status.Handler()); err != nil {
+		if healthErr, err = health.Serve(ctx, addr, mux); err != nil {
 			return err
 		}
 	}
@@ -127,7 +136,8 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 
-	if err := startFirewall(ctx, o, cfg, lease); err != nil {
+	m.Lease.WithLabelValues(lease.Subnet.String()).Set(1)
+	if err := startFirewall(ctx, o, cfg, lease, m); err != nil {
 		return err
 	}
 	env := subnet.NewEnv(cfg, &lease, be.MTU(), o.IPMasq)
@@ -137,13 +147,31 @@ func Run(ctx context.Context, o Options) error {
 	klog.InfoS("Wrote subnet file", "path", o.SubnetFile, "subnet", env.Subnet, "mtu", env.MTU)
 
 	status.SetReady(false, "waiting for the first sync of peers")
-	loop := newSyncLoop(be, network.NewReconciler(kernel.NewNetlink(h)), peers, lease, o.Resync, status)
-	loop.onFirstSync = func() {
-		if err := src.ReportReady(ctx); err != nil {
-			klog.ErrorS(err, "Could not report the node's network as available")
+	loop := newSyncLoop(be, network.NewReconciler(kernel.NewNetlink(h)), peers, lease, o.Resync, status, m)
+	reportReady := make(chan struct{}, 1)
+	go func() {
+		// NetworkUnavailable=False, off the sync loop: the API server may be slow.
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-reportReady:
+				if err := src.ReportReady(ctx); err != nil && ctx.Err() == nil {
+					klog.ErrorS(err, "Could not report the node's network as available")
+				}
+			}
 		}
-		status.SetReady(true, "")
+	}()
+	loop.onReady = func() {
 		klog.InfoS("flanneld is ready", "node", nodeName, "subnet", lease.Subnet, "peers", peers.Len())
+		select {
+		case reportReady <- struct{}{}:
+		default:
+		}
+	}
+	loop.event = src.Event
+	if err := m.Register(metrics.NewLinkStats(h, loop.ownedLinks)); err != nil {
+		return err
 	}
 	loop.watchKernel(ctx, ext.Index)
 	loopDone := make(chan struct{})
@@ -189,7 +217,7 @@ func joinNetwork(ctx context.Context, src subnet.Source, be backend.Backend) (su
 
 // startFirewall installs the masquerade and forward rules and keeps them in
 // place every --iptables-resync seconds.
-func startFirewall(ctx context.Context, o Options, cfg *subnet.Config, lease subnet.Lease) error {
+func startFirewall(ctx context.Context, o Options, cfg *subnet.Config, lease subnet.Lease, m *metrics.Metrics) error {
 	var rules []network.Rule
 	if o.IPMasq {
 		rules = append(rules, network.MasqRules(network.FirewallConfig{
@@ -209,6 +237,7 @@ func startFirewall(ctx context.Context, o Options, cfg *subnet.Config, lease sub
 		return err
 	}
 	fw := network.NewFirewall(ipt, rules)
+	fw.OnRestore = func(repairs []string) { m.DriftRepairs.WithLabelValues("rule").Add(float64(len(repairs))) }
 	if _, err := fw.Ensure(); err != nil {
 		return fmt.Errorf("install firewall rules: %w", err)
 	}

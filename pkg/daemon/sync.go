@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -16,6 +17,7 @@ import (
 	"github.com/flanneld/flanneld/network"
 	"github.com/flanneld/flanneld/pkg/health"
 	"github.com/flanneld/flanneld/pkg/kernel"
+	"github.com/flanneld/flanneld/pkg/metrics"
 	"github.com/flanneld/flanneld/subnet"
 )
 
@@ -35,13 +37,18 @@ const (
 // period, and after drift) also check the device and compare with the
 // kernel, repairing what someone changed and pruning what is stale.
 type syncLoop struct {
-	backend     backend.Backend
-	reconciler  *network.Reconciler
-	peers       *subnet.Peers
-	own         subnet.Lease
-	resync      time.Duration
-	status      *health.Status
-	onFirstSync func()
+	backend    backend.Backend
+	reconciler *network.Reconciler
+	peers      *subnet.Peers
+	own        subnet.Lease
+	resync     time.Duration
+	status     *health.Status
+	metrics    *metrics.Metrics
+	// onReady is called when the node becomes ready: after the first
+	// successful full pass, and again after recovering from failures.
+	onReady func()
+	// event posts an Event on the node's object (warning, reason, message).
+	event func(warning bool, reason, message string)
 
 	// drift is signalled (coalesced) when the kernel reports that
 	// something flanneld owns changed.
@@ -59,7 +66,7 @@ type syncLoop struct {
 	owned []int // the backend's owned links, read by the drift watcher
 }
 
-func newSyncLoop(be backend.Backend, rec *network.Reconciler, peers *subnet.Peers, own subnet.Lease, resync time.Duration, status *health.Status) *syncLoop {
+func newSyncLoop(be backend.Backend, rec *network.Reconciler, peers *subnet.Peers, own subnet.Lease, resync time.Duration, status *health.Status, m *metrics.Metrics) *syncLoop {
 	return &syncLoop{
 		backend:     be,
 		reconciler:  rec,
@@ -67,7 +74,9 @@ func newSyncLoop(be backend.Backend, rec *network.Reconciler, peers *subnet.Peer
 		own:         own,
 		resync:      resync,
 		status:      status,
-		onFirstSync: func() {},
+		metrics:     m,
+		onReady:     func() {},
+		event:       func(bool, string, string) {},
 		drift:       make(chan struct{}, 1),
 		leases:      map[string]subnet.Lease{},
 		states:      map[string]network.State{},
@@ -100,7 +109,9 @@ func (l *syncLoop) run(ctx context.Context) {
 		synced     bool // the lease source has delivered its initial view
 		first      = true
 		full       bool
+		ready      bool
 	)
+	l.status.Beat()
 	for {
 		select {
 		case <-ctx.Done():
@@ -118,11 +129,19 @@ func (l *syncLoop) run(ctx context.Context) {
 		case <-wait:
 			wait = nil
 		}
+		fail := func(what string, err error) {
+			klog.ErrorS(err, what+" failed; retrying", "retryIn", retryDelay)
+			l.metrics.SyncErrors.Inc()
+			if ready {
+				ready = false
+				l.status.SetReady(false, what+" failed: "+err.Error())
+			}
+			wait = time.After(retryDelay)
+			retryDelay = min(2*retryDelay, maxRetryDelay)
+		}
 		if full || first {
 			if err := l.ensureDevice(ctx); err != nil {
-				klog.ErrorS(err, "Device check failed; retrying", "retryIn", retryDelay)
-				wait = time.After(retryDelay)
-				retryDelay = min(2*retryDelay, maxRetryDelay)
+				fail("Device check", err)
 				continue
 			}
 		}
@@ -132,25 +151,38 @@ func (l *syncLoop) run(ctx context.Context) {
 			l.status.Beat()
 			continue
 		}
+		kind := "incremental"
+		if first || full {
+			kind = "full"
+		}
 		start := time.Now()
 		res, err := l.reconciler.Sync(l.desired(), first || full)
+		elapsed := time.Since(start)
+		l.metrics.SyncPasses.WithLabelValues(kind).Inc()
+		l.metrics.SyncDuration.WithLabelValues(kind).Observe(elapsed.Seconds())
 		for _, r := range res.Repaired {
 			klog.InfoS("Repaired drift", "entry", r)
 		}
+		for k, n := range res.Kinds {
+			l.metrics.DriftRepairs.WithLabelValues(k).Add(float64(n))
+		}
+		l.metrics.PeersKnown.Set(float64(len(l.leases)))
+		l.metrics.PeersSkipped.Set(float64(len(l.leases) - len(l.states)))
 		if err != nil {
-			klog.ErrorS(err, "Sync failed; retrying", "retryIn", retryDelay)
-			wait = time.After(retryDelay)
-			retryDelay = min(2*retryDelay, maxRetryDelay)
+			fail("Sync", err)
 			continue
 		}
 		retryDelay = time.Second
 		l.status.Beat()
-		klog.V(2).InfoS("Synced peers", "peers", len(l.states), "full", first || full,
-			"added", res.Added, "removed", res.Removed, "duration", time.Since(start))
-		full = false
-		if first {
-			first = false
-			l.onFirstSync()
+		l.metrics.LastSync.SetToCurrentTime()
+		l.metrics.PeersProgrammed.Set(float64(len(l.states)))
+		klog.V(2).InfoS("Synced peers", "peers", len(l.states), "kind", kind,
+			"added", res.Added, "removed", res.Removed, "duration", elapsed)
+		full, first = false, false
+		if !ready {
+			ready = true
+			l.status.SetReady(true, "")
+			l.onReady()
 		}
 		// Bound the pass rate: events arriving meanwhile are coalesced.
 		select {
@@ -208,6 +240,7 @@ func (l *syncLoop) ensureDevice(ctx context.Context) error {
 	after := l.backend.Base().OwnedLinks
 	if !slices.Equal(before, after) {
 		klog.InfoS("Recreated device; reprogramming every peer", "links", after)
+		l.metrics.DriftRepairs.WithLabelValues("device").Inc()
 		l.mu.Lock()
 		l.owned = after
 		l.mu.Unlock()
@@ -261,6 +294,11 @@ func (l *syncLoop) update(lease subnet.Lease) {
 	if err != nil {
 		if _, ok := l.states[name]; ok || !l.overlapping[name] {
 			klog.InfoS("Skipping peer", "node", name, "reason", err.Error())
+			reason := "PeerSkipped"
+			if errors.Is(err, backend.ErrUnreachable) {
+				reason = "PeerUnreachable"
+			}
+			l.event(true, reason, fmt.Sprintf("peer %s skipped: %v", name, err))
 		}
 		delete(l.states, name)
 		if _, ok := err.(*overlapError); ok {

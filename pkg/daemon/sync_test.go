@@ -12,6 +12,7 @@ import (
 	"github.com/flanneld/flanneld/network"
 	"github.com/flanneld/flanneld/pkg/health"
 	"github.com/flanneld/flanneld/pkg/kernel"
+	"github.com/flanneld/flanneld/pkg/metrics"
 	"github.com/flanneld/flanneld/subnet"
 )
 
@@ -57,8 +58,8 @@ func TestSyncLoop(t *testing.T) {
 	peers := subnet.NewPeers()
 	status := health.NewStatus(time.Minute)
 	ready := make(chan struct{})
-	l := newSyncLoop(fakeBackend{}, network.NewReconciler(k), peers, peer("self", "10.244.1.0/24", "192.168.0.1", `{}`), time.Hour, status)
-	l.onFirstSync = func() { close(ready) }
+	l := newSyncLoop(fakeBackend{}, network.NewReconciler(k), peers, peer("self", "10.244.1.0/24", "192.168.0.1", `{}`), time.Hour, status, metrics.New("test"))
+	l.onReady = func() { close(ready) }
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); l.run(ctx) }()

@@ -27,11 +27,11 @@ type Status struct {
 	now   func() time.Time
 }
 
-// NewStatus returns a Status that is alive and not ready.
+// NewStatus returns a Status that is alive and not ready. The staleness
+// bound applies from the first Beat: before the sync loop runs (while
+// flanneld waits for its podCIDR, say) it is healthy.
 func NewStatus(stale time.Duration) *Status {
-	s := &Status{Stale: stale, now: time.Now, notReady: "starting"}
-	s.lastBeat = s.now()
-	return s
+	return &Status{Stale: stale, now: time.Now, notReady: "starting"}
 }
 
 // Beat records a successful pass of the sync loop.
@@ -52,6 +52,9 @@ func (s *Status) SetReady(ready bool, reason string) {
 func (s *Status) Healthy() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.lastBeat.IsZero() {
+		return nil
+	}
 	if age := s.now().Sub(s.lastBeat); s.Stale > 0 && age > s.Stale {
 		return fmt.Errorf("no successful sync for %s", age.Round(time.Second))
 	}

@@ -18,6 +18,10 @@ func TestProbes(t *testing.T) {
 	now := time.Unix(1000, 0)
 	s := NewStatus(time.Minute)
 	s.now = func() time.Time { return now }
+	now = now.Add(time.Hour)
+	if c := get(t, s.Handler(), "/healthz"); c != http.StatusOK {
+		t.Fatalf("healthz before the sync loop started: %d", c)
+	}
 	s.Beat()
 	h := s.Handler()
 	if c := get(t, h, "/healthz"); c != http.StatusOK {

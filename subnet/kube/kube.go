@@ -18,8 +18,11 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
 	"github.com/flanneld/flanneld/subnet"
@@ -39,6 +42,45 @@ type Config struct {
 	// SetNetworkUnavailable makes ReportReady set the Node's
 	// NetworkUnavailable condition to False.
 	SetNetworkUnavailable bool
+	// Recorder, if set, receives the Events flanneld posts on its Node
+	// (see NewRecorder).
+	Recorder record.EventRecorder
+	// OnWatchEvent, if set, is called for every Node event ("add",
+	// "update", "delete"); OnSynced when the Node cache has synced.
+	OnWatchEvent func(eventType string)
+	OnSynced     func()
+}
+
+// NewRecorder returns an EventRecorder posting Events through client as
+// component flanneld; it stops with ctx.
+func NewRecorder(ctx context.Context, client kubernetes.Interface, nodeName string) record.EventRecorder {
+	b := record.NewBroadcaster(record.WithContext(ctx))
+	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	go func() {
+		<-ctx.Done()
+		b.Shutdown()
+	}()
+	return b.NewRecorder(scheme.Scheme, v1.EventSource{Component: "flanneld", Host: nodeName})
+}
+
+// Event posts an Event on this node's Node object (a no-op without a
+// Recorder). Warnings are for what an operator must act on.
+func (s *Source) Event(warning bool, reason, message string) {
+	if s.cfg.Recorder == nil {
+		return
+	}
+	typ := v1.EventTypeNormal
+	if warning {
+		typ = v1.EventTypeWarning
+	}
+	ref := &v1.ObjectReference{Kind: "Node", APIVersion: "v1", Name: s.cfg.NodeName, UID: types.UID(s.cfg.NodeName)}
+	s.cfg.Recorder.Event(ref, typ, reason, message)
+}
+
+func (s *Source) watchEvent(typ string) {
+	if s.cfg.OnWatchEvent != nil {
+		s.cfg.OnWatchEvent(typ)
+	}
 }
 
 // Source is the Kubernetes lease source.
@@ -137,9 +179,16 @@ func (s *Source) Start(ctx context.Context, peers *subnet.Peers) error {
 		return err
 	}
 	reg, err := s.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { s.onNode(obj, peers) },
-		UpdateFunc: func(_, obj any) { s.onNode(obj, peers) },
+		AddFunc: func(obj any) {
+			s.watchEvent("add")
+			s.onNode(obj, peers)
+		},
+		UpdateFunc: func(_, obj any) {
+			s.watchEvent("update")
+			s.onNode(obj, peers)
+		},
 		DeleteFunc: func(obj any) {
+			s.watchEvent("delete")
 			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 				obj = d.Obj
 			}
@@ -157,6 +206,9 @@ func (s *Source) Start(ctx context.Context, peers *subnet.Peers) error {
 		if cache.WaitForCacheSync(ctx.Done(), s.synced) {
 			klog.InfoS("Node cache synced", "peers", peers.Len())
 			peers.MarkSynced()
+			if s.cfg.OnSynced != nil {
+				s.cfg.OnSynced()
+			}
 		}
 	}()
 	return nil
@@ -246,6 +298,7 @@ func (s *Source) AcquireLease(ctx context.Context, attrs subnet.LeaseAttrs) (sub
 		return lease, err
 	}
 	if err := s.checkSubnets(lease); err != nil {
+		s.Event(true, "PodCIDROutsideNetwork", err.Error())
 		return lease, err
 	}
 	if lease.Attrs, err = s.advertisedAttrs(n, attrs); err != nil {
@@ -271,6 +324,7 @@ func (s *Source) AcquireLease(ctx context.Context, attrs subnet.LeaseAttrs) (sub
 // waitPodCIDR waits until this node exists and has a podCIDR.
 func (s *Source) waitPodCIDR(ctx context.Context) (*v1.Node, error) {
 	delay := time.Second
+	reported := false
 	for {
 		n := s.ownNode()
 		var reason string
@@ -283,6 +337,10 @@ func (s *Source) waitPodCIDR(ctx context.Context) (*v1.Node, error) {
 			return n, nil
 		}
 		klog.InfoS("Waiting for this node's podCIDR", "node", s.cfg.NodeName, "reason", reason, "retryIn", delay)
+		if n != nil && !reported {
+			s.Event(true, "PodCIDRMissing", "flanneld is waiting: "+reason)
+			reported = true
+		}
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()

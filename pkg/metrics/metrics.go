@@ -1,0 +1,113 @@
+// Package metrics holds flanneld's Prometheus metrics. They live in their
+// own registry (no global state), served at /metrics on the health
+// listener. No series is labelled per peer: cardinality is bounded
+// whatever the cluster size.
+package metrics
+
+import (
+	"net/http"
+	"runtime"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+const namespace = "flanneld"
+
+// Metrics are the daemon's metrics.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	// PeersKnown counts peers the lease source reports; PeersProgrammed
+	// those whose entries are applied; PeersSkipped those with unusable
+	// leases.
+	PeersKnown      prometheus.Gauge
+	PeersProgrammed prometheus.Gauge
+	PeersSkipped    prometheus.Gauge
+
+	// SyncPasses and SyncDuration are labelled by kind: "full" or
+	// "incremental"; SyncErrors counts failed passes.
+	SyncPasses   *prometheus.CounterVec
+	SyncDuration *prometheus.HistogramVec
+	SyncErrors   prometheus.Counter
+	// LastSync is the time of the last successful pass.
+	LastSync prometheus.Gauge
+
+	// DriftRepairs counts repairs by kind: route, neighbour, fdb, device, rule.
+	DriftRepairs *prometheus.CounterVec
+
+	// Lease is 1 with the subnet as a label; LeaseExpiry is the lease's
+	// expiry time (etcd mode).
+	Lease       *prometheus.GaugeVec
+	LeaseExpiry prometheus.Gauge
+
+	// WatchEvents counts Node (or lease) events by type: add, update,
+	// delete; LastWatchSync is when the lease source last (re)synced.
+	WatchEvents   *prometheus.CounterVec
+	LastWatchSync prometheus.Gauge
+}
+
+// DriftKinds are the values of the DriftRepairs "kind" label.
+var DriftKinds = []string{"route", "neighbour", "fdb", "device", "rule"}
+
+// New creates the metrics and registers them, with build info and the Go
+// and process collectors, in a new registry.
+func New(version string) *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		PeersKnown: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "peers_known",
+			Help: "Peers reported by the lease source."}),
+		PeersProgrammed: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "peers_programmed",
+			Help: "Peers whose kernel entries are programmed."}),
+		PeersSkipped: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "peers_skipped",
+			Help: "Peers skipped because their lease is unusable (see the logs and the Node's events)."}),
+		SyncPasses: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "sync_passes_total",
+			Help: "Reconcile passes, by kind (full or incremental)."}, []string{"kind"}),
+		SyncDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: "sync_duration_seconds",
+			Help:    "Duration of reconcile passes, by kind.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10)}, []string{"kind"}),
+		SyncErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "sync_errors_total",
+			Help: "Reconcile passes that failed."}),
+		LastSync: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "last_sync_timestamp_seconds",
+			Help: "Time of the last successful reconcile pass."}),
+		DriftRepairs: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "drift_repairs_total",
+			Help: "Entries flanneld found deleted or changed by someone else and restored, by kind."}, []string{"kind"}),
+		Lease: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "lease",
+			Help: "This node's lease: 1, with the subnet as a label."}, []string{"subnet"}),
+		LeaseExpiry: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "lease_expiry_timestamp_seconds",
+			Help: "When this node's lease expires (etcd mode; 0 in Kubernetes mode, where leases do not expire)."}),
+		WatchEvents: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "watch_events_total",
+			Help: "Events received from the lease source, by type (add, update, delete)."}, []string{"type"}),
+		LastWatchSync: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "watch_last_sync_timestamp_seconds",
+			Help: "When the lease source last delivered its complete view."}),
+	}
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "build_info",
+		Help:        "Build information: always 1.",
+		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()}})
+	buildInfo.Set(1)
+	m.Registry.MustRegister(buildInfo, m.PeersKnown, m.PeersProgrammed, m.PeersSkipped,
+		m.SyncPasses, m.SyncDuration, m.SyncErrors, m.LastSync, m.DriftRepairs,
+		m.Lease, m.LeaseExpiry, m.WatchEvents, m.LastWatchSync,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// Every label value exists from the start, so rates work from the first scrape.
+	for _, k := range []string{"full", "incremental"} {
+		m.SyncPasses.WithLabelValues(k)
+		m.SyncDuration.WithLabelValues(k)
+	}
+	for _, k := range DriftKinds {
+		m.DriftRepairs.WithLabelValues(k)
+	}
+	for _, t := range []string{"add", "update", "delete"} {
+		m.WatchEvents.WithLabelValues(t)
+	}
+	return m
+}
+
+// Handler serves the registry.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry})
+}
+
+// Register adds a backend's own collector (device counters, say).
+func (m *Metrics) Register(c prometheus.Collector) error { return m.Registry.Register(c) }
