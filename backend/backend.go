@@ -30,6 +30,10 @@ type Backend interface {
 	Setup(ctx context.Context, prev *subnet.LeaseAttrs) (subnet.LeaseAttrs, error)
 	// Configure applies the node's own lease to the device (address, up).
 	Configure(ctx context.Context, own subnet.Lease) error
+	// Attach finds the backend's existing device without changing anything,
+	// so that Base and PeerState describe the kernel as it is (for
+	// `flanneld diagnose`). It fails when the device does not exist.
+	Attach() error
 	// MTU is the MTU pods must use (FLANNEL_MTU).
 	MTU() int
 	// Base is the state the backend wants regardless of peers: the devices

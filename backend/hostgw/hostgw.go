@@ -42,6 +42,9 @@ func (b *Backend) Setup(context.Context, *subnet.LeaseAttrs) (subnet.LeaseAttrs,
 	return subnet.LeaseAttrs{PublicIP: b.ext.ExtAddr, BackendType: Type}, nil
 }
 
+// Attach implements backend.Backend: there is no device.
+func (b *Backend) Attach() error { return nil }
+
 // Configure implements backend.Backend: nothing to configure.
 func (b *Backend) Configure(context.Context, subnet.Lease) error { return nil }
 

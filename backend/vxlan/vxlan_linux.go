@@ -144,6 +144,20 @@ func (b *Backend) Setup(_ context.Context, prev *subnet.LeaseAttrs) (subnet.Leas
 	return subnet.LeaseAttrs{PublicIP: b.ext.ExtAddr, BackendType: Type, BackendData: data}, nil
 }
 
+// Attach implements backend.Backend.
+func (b *Backend) Attach() error {
+	link, err := b.h.LinkByName(b.name)
+	if err != nil {
+		return fmt.Errorf("vxlan device %s: %w", b.name, err)
+	}
+	mac, err := kernel.MACFromHardwareAddr(link.Attrs().HardwareAddr)
+	if err != nil {
+		return fmt.Errorf("vxlan device %s: %w", b.name, err)
+	}
+	b.linkIndex, b.mac = link.Attrs().Index, mac
+	return nil
+}
+
 // Configure implements backend.Backend: the device gets the network address
 // of the node's subnet as a /32, and is brought up.
 func (b *Backend) Configure(_ context.Context, own subnet.Lease) error {

@@ -24,6 +24,7 @@ func (fakeBackend) Setup(context.Context, *subnet.LeaseAttrs) (subnet.LeaseAttrs
 	return subnet.LeaseAttrs{}, nil
 }
 func (fakeBackend) Configure(context.Context, subnet.Lease) error { return nil }
+func (fakeBackend) Attach() error                                 { return nil }
 func (fakeBackend) MTU() int                                      { return 1450 }
 func (fakeBackend) Base() network.State                           { return network.State{OwnedLinks: []int{9}} }
 func (fakeBackend) PeerState(p subnet.Lease) (network.State, error) {
