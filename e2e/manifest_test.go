@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -124,7 +123,7 @@ func TestManifest(t *testing.T) {
 		t.Fatalf("token for the flannel ServiceAccount: %v", err)
 	}
 	kubeconfig := filepath.Join(l.Dir(), "sa.kubeconfig")
-	if err := os.WriteFile(kubeconfig, []byte(saKubeconfig(tr.Status.Token)), 0o600); err != nil {
+	if err := lab.WriteKubeconfig(kubeconfig, "flannel", tr.Status.Token); err != nil {
 		t.Fatal(err)
 	}
 	if err := l.WriteNetConf(cm.Data["net-conf.json"]); err != nil {
@@ -199,23 +198,4 @@ func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet) {
 			t.Errorf("hostPath volumes %v lack %s", paths, p)
 		}
 	}
-}
-
-func saKubeconfig(token string) string {
-	return fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: lab
-  cluster:
-    server: %s
-    insecure-skip-tls-verify: true
-users:
-- name: flannel
-  user:
-    token: %s
-contexts:
-- name: lab
-  context: {cluster: lab, user: flannel}
-current-context: lab
-`, lab.APIServerURL(), token)
 }

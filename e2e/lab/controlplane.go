@@ -157,10 +157,10 @@ func (cp *controlPlane) writeAPIServerFiles() ([]string, error) {
 	}
 	cp.adminKubeconfig = filepath.Join(cp.dir, "admin.kubeconfig")
 	cp.flannelKubeconfig = filepath.Join(cp.dir, "flannel.kubeconfig")
-	if err := writeKubeconfig(cp.adminKubeconfig, "admin", cp.adminToken); err != nil {
+	if err := WriteKubeconfig(cp.adminKubeconfig, "admin", cp.adminToken); err != nil {
 		return nil, err
 	}
-	if err := writeKubeconfig(cp.flannelKubeconfig, flannelUser, cp.flannelToken); err != nil {
+	if err := WriteKubeconfig(cp.flannelKubeconfig, flannelUser, cp.flannelToken); err != nil {
 		return nil, err
 	}
 	return []string{
@@ -266,7 +266,8 @@ func writeRSAKey(path string) error {
 	return os.WriteFile(path, pem.EncodeToMemory(block), 0o600)
 }
 
-func writeKubeconfig(path, user, token string) error {
+// WriteKubeconfig writes a kubeconfig for the lab's API server with a bearer token.
+func WriteKubeconfig(path, user, token string) error {
 	content := fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters:
