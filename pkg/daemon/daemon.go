@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -22,7 +21,6 @@ import (
 	"github.com/flanneld/flanneld/pkg/kernel"
 	"github.com/flanneld/flanneld/pkg/metrics"
 	"github.com/flanneld/flanneld/subnet"
-	"github.com/flanneld/flanneld/subnet/kube"
 )
 
 // Backends returns the registry of the backends this build supports.
@@ -41,19 +39,20 @@ func Run(ctx context.Context, o Options) error {
 	if err := o.Validate(); err != nil {
 		return err
 	}
-	if !o.KubeSubnetMgr {
-		return errors.New("etcd mode is not available in this build yet; run with --kube-subnet-mgr")
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	m := metrics.New(o.Version)
+
+	open := openEtcd
+	if o.KubeSubnetMgr {
+		open = openKube
 	}
-	cfg, err := subnet.ReadConfigFile(o.NetConfigPath)
+	src, err := open(ctx, o, m)
 	if err != nil {
 		return err
 	}
-	if !cfg.EnableIPv4 || cfg.EnableIPv6 {
-		return errors.New("only IPv4 networks are supported in this build: set EnableIPv4 and leave EnableIPv6 off")
-	}
-	if cfg.EnableNFTables {
-		return errors.New("EnableNFTables is not supported in this build yet; remove it to use iptables")
-	}
+	defer src.close()
+	cfg := src.config
 
 	if o.IPBlackholeRoute {
 		klog.InfoS("--ip-blackhole-route is accepted for compatibility but not acted on in this release")
@@ -80,36 +79,12 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	klog.InfoS("Using external interface", "interface", ext.Name, "address", ext.IfaceAddr, "publicIP", ext.ExtAddr, "mtu", ext.MTU)
+	src.withExternal(ext)
 
 	be, err := Backends().New(backend.Params{Config: cfg, ExtIface: ext, Handle: h, Reach: ip.KernelReachability{H: h}})
 	if err != nil {
 		return err
 	}
-
-	client, err := kube.NewClient(o.KubeconfigFile, o.KubeAPIURL, "flanneld/"+o.Version)
-	if err != nil {
-		return err
-	}
-	nodeName, err := kube.NodeName(ctx, client)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-
-	m := metrics.New(o.Version)
-	src := kube.New(kube.Config{
-		Client:                client,
-		NodeName:              nodeName,
-		AnnotationPrefix:      o.KubeAnnotationPrefix,
-		Network:               cfg,
-		ExplicitPublicIP:      publicIP.IsValid(),
-		ExplicitPublicIPv6:    publicIPv6.IsValid(),
-		SetNetworkUnavailable: o.SetNodeNetworkUnavailable,
-		Recorder:              kube.NewRecorder(ctx, client, nodeName),
-		OnWatchEvent:          func(t string) { m.WatchEvents.WithLabelValues(t).Inc() },
-		OnSynced:              m.LastWatchSync.SetToCurrentTime,
-	})
 
 	status := health.NewStatus(3*o.Resync + time.Minute)
 	var healthErr <-chan error
@@ -163,13 +138,14 @@ func Run(ctx context.Context, o Options) error {
 		}
 	}()
 	loop.onReady = func() {
-		klog.InfoS("flanneld is ready", "node", nodeName, "subnet", lease.Subnet, "peers", peers.Len())
+		klog.InfoS("flanneld is ready", "node", src.nodeName, "subnet", lease.Subnet, "peers", peers.Len())
+		notifySystemd()
 		select {
 		case reportReady <- struct{}{}:
 		default:
 		}
 	}
-	loop.event = src.Event
+	loop.event = src.event
 	if err := m.Register(metrics.NewLinkStats(h, loop.ownedLinks)); err != nil {
 		return err
 	}
@@ -186,6 +162,10 @@ func Run(ctx context.Context, o Options) error {
 		cancel()
 		<-loopDone
 		return fmt.Errorf("health server: %w", err)
+	case err := <-src.errs:
+		cancel()
+		<-loopDone
+		return err
 	}
 	<-loopDone
 	klog.InfoS("Stopping; the datapath stays in place")
