@@ -59,112 +59,172 @@ func (r *Result) repaired(kind, what string) {
 // Changed reports whether the pass changed anything in the kernel.
 func (r Result) Changed() bool { return r.Added+r.Removed > 0 }
 
-// Reconciler applies State to the kernel. It remembers what took effect, so
-// an incremental pass applies only the difference to the last pass and
-// retries only what failed; a full pass compares with what the kernel
-// actually has, repairs drift and prunes stale entries flanneld owns.
+// Reconciler applies the desired state to the kernel. The desired state is
+// kept here and changed entry by entry (Update), so a change to one peer
+// costs work for that peer's entries only, whatever the cluster size.
+// It remembers what took effect: an incremental pass applies only the
+// entries changed since (and retries those that failed); a full pass
+// compares everything with what the kernel actually has, repairs drift and
+// prunes stale entries flanneld owns.
 type Reconciler struct {
 	k  kernel.Interface
 	mu sync.Mutex
 
-	// applied is what the kernel had after the last pass, as far as
-	// flanneld knows.
-	routes map[kernel.RouteKey]kernel.Route
-	neighs map[kernel.NeighKey]kernel.Neigh
-	fdbs   map[kernel.FDBKey]kernel.FDB
+	ownedLinks []int
+	routes     table[kernel.RouteKey, kernel.Route]
+	neighs     table[kernel.NeighKey, kernel.Neigh]
+	fdbs       table[kernel.FDBKey, kernel.FDB]
 }
 
-// NewReconciler returns a Reconciler programming k.
+// NewReconciler returns a Reconciler programming k, with nothing desired.
 func NewReconciler(k kernel.Interface) *Reconciler {
 	return &Reconciler{
 		k:      k,
-		routes: map[kernel.RouteKey]kernel.Route{},
-		neighs: map[kernel.NeighKey]kernel.Neigh{},
-		fdbs:   map[kernel.FDBKey]kernel.FDB{},
+		routes: newTable("route", k.SetRoute, k.DelRoute, routeLess),
+		neighs: newTable("neighbour", k.SetNeigh, k.DelNeigh, neighLess),
+		fdbs:   newTable("fdb", k.SetFDB, k.DelFDB, fdbLess),
 	}
 }
 
-// table is one kind of kernel entry as the generic diff sees it.
-type table[K comparable, V any] struct {
+// table is one kind of kernel entry: what is desired, what was applied as
+// far as flanneld knows, and which keys changed since the last pass.
+type table[K comparable, V comparable] struct {
 	kind    string
+	desired map[K]V
+	// refs counts the peers that want each desired key; an entry stays
+	// desired until the last of them lets go.
+	refs    map[K]int
 	applied map[K]V
+	dirty   map[K]struct{}
 	set     func(V) error
 	del     func(V) error
-	equal   func(a, b V) bool
+	less    func(a, b K) int
 }
 
-// sortedKeys gives a deterministic apply order (and stable test output).
-func sortedKeys[K comparable, V any](m map[K]V, less func(a, b K) int) []K {
-	keys := slices.Collect(maps.Keys(m))
-	slices.SortFunc(keys, less)
-	return keys
+func newTable[K comparable, V comparable](kind string, set, del func(V) error, less func(a, b K) int) table[K, V] {
+	return table[K, V]{kind: kind, desired: map[K]V{}, refs: map[K]int{}, applied: map[K]V{},
+		dirty: map[K]struct{}{}, set: set, del: del, less: less}
 }
 
-// add makes the kernel hold every desired entry. actual is nil for an
-// incremental pass (compare with what was applied), else the kernel's view.
-func (t *table[K, V]) add(desired, actual map[K]V, less func(a, b K) int, res *Result) error {
+func (t *table[K, V]) want(k K, v V) {
+	t.refs[k]++
+	if cur, ok := t.desired[k]; !ok || cur != v {
+		t.desired[k] = v
+		t.dirty[k] = struct{}{}
+	}
+}
+
+func (t *table[K, V]) unwant(k K) {
+	if t.refs[k]--; t.refs[k] > 0 {
+		return
+	}
+	delete(t.refs, k)
+	if _, ok := t.desired[k]; ok {
+		delete(t.desired, k)
+		t.dirty[k] = struct{}{}
+	}
+}
+
+func (t *table[K, V]) clearDesired() {
+	for k := range t.desired {
+		t.dirty[k] = struct{}{}
+	}
+	clear(t.desired)
+	clear(t.refs)
+}
+
+// keys returns the keys a pass looks at, sorted: the dirty ones for an
+// incremental pass; for a full pass every key desired, applied or in the
+// kernel.
+func (t *table[K, V]) keys(actual map[K]V) []K {
+	if actual == nil {
+		return slices.SortedFunc(maps.Keys(t.dirty), t.less)
+	}
+	all := maps.Clone(t.dirty)
+	for k := range t.desired {
+		all[k] = struct{}{}
+	}
+	for k := range t.applied {
+		all[k] = struct{}{}
+	}
+	for k := range actual {
+		all[k] = struct{}{}
+	}
+	return slices.SortedFunc(maps.Keys(all), t.less)
+}
+
+// add makes the kernel hold every desired entry among keys. actual is nil
+// for an incremental pass (compare with what was applied), else the
+// kernel's view of what flanneld owns.
+func (t *table[K, V]) add(keys []K, actual map[K]V, res *Result) error {
 	var errs []error
-	for _, k := range sortedKeys(desired, less) {
-		want := desired[k]
-		have, ok := t.applied[k]
+	for _, k := range keys {
+		want, ok := t.desired[k]
+		if !ok {
+			continue
+		}
+		have, applied := t.applied[k]
 		if actual != nil {
 			kernelHas, inKernel := actual[k]
-			if inKernel && t.equal(kernelHas, want) {
+			if inKernel && kernelHas == want {
 				t.applied[k] = want
+				delete(t.dirty, k)
 				continue
 			}
-			if ok && t.equal(have, want) {
-				// We had installed exactly this and the kernel lost it.
+			if applied && have == want {
+				// flanneld had installed exactly this and the kernel lost it.
 				reason := "missing"
 				if inKernel {
 					reason = fmt.Sprintf("changed to %v", kernelHas)
 				}
 				res.repaired(t.kind, fmt.Sprintf("%v: %s", want, reason))
 			}
-		} else if ok && t.equal(have, want) {
+		} else if applied && have == want {
+			delete(t.dirty, k)
 			continue
 		}
 		if err := t.set(want); err != nil {
 			delete(t.applied, k)
+			t.dirty[k] = struct{}{}
 			errs = append(errs, err)
 			continue
 		}
 		t.applied[k] = want
+		delete(t.dirty, k)
 		res.Added++
 		klog.V(4).InfoS("Programmed", "kind", t.kind, "entry", want)
 	}
 	return errors.Join(errs...)
 }
 
-// remove deletes what is not desired: every applied entry on an incremental
-// pass, every owned kernel entry on a full pass.
-func (t *table[K, V]) remove(desired, actual map[K]V, less func(a, b K) int, res *Result) error {
-	stale := t.applied
-	if actual != nil {
-		stale = actual
-	}
+// remove deletes the entries among keys that are not desired: those
+// applied (incremental pass) or, on a full pass, those the kernel has.
+func (t *table[K, V]) remove(keys []K, actual map[K]V, res *Result) error {
 	var errs []error
-	for _, k := range sortedKeys(stale, less) {
-		if _, ok := desired[k]; ok {
+	for _, k := range keys {
+		if _, ok := t.desired[k]; ok {
 			continue
 		}
-		err := t.del(stale[k])
+		stale, ok := t.applied[k]
+		if actual != nil {
+			stale, ok = actual[k]
+		}
+		if !ok {
+			delete(t.applied, k)
+			delete(t.dirty, k)
+			continue
+		}
+		err := t.del(stale)
 		if err != nil && !errors.Is(err, kernel.ErrNotFound) {
+			t.dirty[k] = struct{}{}
 			errs = append(errs, err)
 			continue
 		}
 		delete(t.applied, k)
+		delete(t.dirty, k)
 		if err == nil {
 			res.Removed++
-			klog.V(4).InfoS("Removed", "kind", t.kind, "entry", stale[k])
-		}
-	}
-	if actual != nil {
-		// Forget applied entries the kernel no longer has and nobody wants.
-		for k := range t.applied {
-			if _, ok := desired[k]; !ok {
-				delete(t.applied, k)
-			}
+			klog.V(4).InfoS("Removed", "kind", t.kind, "entry", stale)
 		}
 	}
 	return errors.Join(errs...)
@@ -191,59 +251,93 @@ func fdbLess(a, b kernel.FDBKey) int {
 	return slices.Compare(a.MAC[:], b.MAC[:])
 }
 
-// Sync makes the kernel match desired. With full set it reads the kernel
-// first, repairing drift and pruning flanneld's stale entries; otherwise it
-// applies only the difference to the previous pass. A full pass must only be
-// run once every input has synced, or it would prune live peers.
+func (r *Reconciler) want(s State) {
+	for _, rt := range s.Routes {
+		rt.Protocol = kernel.RouteProtocol
+		r.routes.want(rt.Key(), rt)
+	}
+	for _, n := range s.Neighs {
+		r.neighs.want(n.Key(), n)
+	}
+	for _, f := range s.FDBs {
+		r.fdbs.want(f.Key(), f)
+	}
+}
+
+func (r *Reconciler) unwant(s State) {
+	for _, rt := range s.Routes {
+		r.routes.unwant(rt.Key())
+	}
+	for _, n := range s.Neighs {
+		r.neighs.unwant(n.Key())
+	}
+	for _, f := range s.FDBs {
+		r.fdbs.unwant(f.Key())
+	}
+}
+
+// Replace makes desired the whole desired state (OwnedLinks included).
+func (r *Reconciler) Replace(desired State) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.routes.clearDesired()
+	r.neighs.clearDesired()
+	r.fdbs.clearDesired()
+	r.ownedLinks = slices.Clone(desired.OwnedLinks)
+	r.want(desired)
+}
+
+// Update changes the desired state of one peer from old to new (either
+// may be empty). It costs work for those entries only.
+func (r *Reconciler) Update(old, new State) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.want(new) // before unwant, so entries in both never leave
+	r.unwant(old)
+}
+
+// SetOwnedLinks sets the devices flanneld owns entirely.
+func (r *Reconciler) SetOwnedLinks(links []int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.ownedLinks = slices.Clone(links)
+}
+
+// Sync replaces the desired state and applies it; see Apply.
+func (r *Reconciler) Sync(desired State, full bool) (Result, error) {
+	r.Replace(desired)
+	return r.Apply(full)
+}
+
+// Apply makes the kernel match the desired state. With full set it reads
+// the kernel first, repairing drift and pruning flanneld's stale entries;
+// otherwise it applies only what changed since the previous pass, and
+// retries what failed. A full pass must only be run once every input has
+// synced, or it would prune live peers.
 //
 // Entries are added before stale ones are removed, and for each peer the
 // neighbour and FDB entry go in before the route that uses them.
-func (r *Reconciler) Sync(desired State, full bool) (Result, error) {
+func (r *Reconciler) Apply(full bool) (Result, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 
-	for i := range desired.Routes {
-		desired.Routes[i].Protocol = kernel.RouteProtocol
-	}
-	wantRoutes := make(map[kernel.RouteKey]kernel.Route, len(desired.Routes))
-	for _, rt := range desired.Routes {
-		wantRoutes[rt.Key()] = rt
-	}
-	wantNeighs := make(map[kernel.NeighKey]kernel.Neigh, len(desired.Neighs))
-	for _, n := range desired.Neighs {
-		wantNeighs[n.Key()] = n
-	}
-	wantFDBs := make(map[kernel.FDBKey]kernel.FDB, len(desired.FDBs))
-	for _, f := range desired.FDBs {
-		wantFDBs[f.Key()] = f
-	}
-
-	var haveRoutes map[kernel.RouteKey]kernel.Route
-	var haveNeighs map[kernel.NeighKey]kernel.Neigh
-	var haveFDBs map[kernel.FDBKey]kernel.FDB
+	var snap Snapshot
 	if full {
-		snap, err := ReadOwned(r.k, desired.OwnedLinks)
-		if err != nil {
+		var err error
+		if snap, err = ReadOwned(r.k, r.ownedLinks); err != nil {
 			return Result{}, err
 		}
-		haveRoutes, haveNeighs, haveFDBs = snap.Routes, snap.Neighs, snap.FDBs
 	}
-
-	routes := table[kernel.RouteKey, kernel.Route]{kind: "route", applied: r.routes,
-		set: r.k.SetRoute, del: r.k.DelRoute, equal: func(a, b kernel.Route) bool { return a == b }}
-	neighs := table[kernel.NeighKey, kernel.Neigh]{kind: "neighbour", applied: r.neighs,
-		set: r.k.SetNeigh, del: r.k.DelNeigh, equal: func(a, b kernel.Neigh) bool { return a == b }}
-	fdbs := table[kernel.FDBKey, kernel.FDB]{kind: "fdb", applied: r.fdbs,
-		set: r.k.SetFDB, del: r.k.DelFDB, equal: func(a, b kernel.FDB) bool { return a == b }}
+	routeKeys, neighKeys, fdbKeys := r.routes.keys(snap.Routes), r.neighs.keys(snap.Neighs), r.fdbs.keys(snap.FDBs)
 
 	var res Result
 	errs := []error{
-		neighs.add(wantNeighs, haveNeighs, neighLess, &res),
-		fdbs.add(wantFDBs, haveFDBs, fdbLess, &res),
-		routes.add(wantRoutes, haveRoutes, routeLess, &res),
-		routes.remove(wantRoutes, haveRoutes, routeLess, &res),
-		fdbs.remove(wantFDBs, haveFDBs, fdbLess, &res),
-		neighs.remove(wantNeighs, haveNeighs, neighLess, &res),
+		r.neighs.add(neighKeys, snap.Neighs, &res),
+		r.fdbs.add(fdbKeys, snap.FDBs, &res),
+		r.routes.add(routeKeys, snap.Routes, &res),
+		r.routes.remove(routeKeys, snap.Routes, &res),
+		r.fdbs.remove(fdbKeys, snap.FDBs, &res),
+		r.neighs.remove(neighKeys, snap.Neighs, &res),
 	}
 	return res, errors.Join(errs...)
 }
@@ -256,13 +350,13 @@ func (r *Reconciler) Drifted(ev kernel.Event) bool {
 	defer r.mu.Unlock()
 	switch {
 	case ev.Route != nil:
-		have, ok := r.routes[ev.Route.Key()]
+		have, ok := r.routes.applied[ev.Route.Key()]
 		return ok && (ev.Deleted || *ev.Route != have)
 	case ev.Neigh != nil:
-		have, ok := r.neighs[ev.Neigh.Key()]
+		have, ok := r.neighs.applied[ev.Neigh.Key()]
 		return ok && (ev.Deleted || *ev.Neigh != have)
 	case ev.FDB != nil:
-		have, ok := r.fdbs[ev.FDB.Key()]
+		have, ok := r.fdbs.applied[ev.FDB.Key()]
 		return ok && (ev.Deleted || *ev.FDB != have)
 	}
 	return false

@@ -235,3 +235,52 @@ func TestPeerMACChangeReplacesEntries(t *testing.T) {
 		t.Fatalf("old MAC left behind or new one missing:\n%s", got)
 	}
 }
+
+// TestUpdateTouchesOnlyTheChangedPeer: with many peers programmed, changing
+// one costs kernel calls for that peer's entries only.
+func TestUpdateTouchesOnlyTheChangedPeer(t *testing.T) {
+	f := kernel.NewFake()
+	r := NewReconciler(f)
+	r.SetOwnedLinks([]int{vxlanLink})
+	for i := 2; i < 200; i++ {
+		r.Update(State{}, peerState(i, mac(i)))
+	}
+	if _, err := r.Apply(true); err != nil {
+		t.Fatal(err)
+	}
+	f.ResetCalls()
+	r.Update(peerState(7, mac(7)), peerState(7, mac(77)))
+	if len(r.routes.dirty)+len(r.neighs.dirty)+len(r.fdbs.dirty) != 3 {
+		t.Fatalf("dirty keys after one change: %d routes, %d neighbours, %d fdb", len(r.routes.dirty), len(r.neighs.dirty), len(r.fdbs.dirty))
+	}
+	if _, err := r.Apply(false); err != nil {
+		t.Fatal(err)
+	}
+	want := "[SetNeigh 10.244.7.0 lladdr 0a:00:00:00:00:4d dev 7 SetFDB 0a:00:00:00:00:4d dst 192.168.100.7 dev 7 DelFDB 0a:00:00:00:00:07 dst 192.168.100.7 dev 7]"
+	if got := fmt.Sprint(f.Calls); got != want {
+		t.Fatalf("calls %s\nwant %s", got, want)
+	}
+}
+
+// An entry two peers want (a shared FDB MAC, say) stays until both let go.
+func TestUpdateRefCounts(t *testing.T) {
+	f := kernel.NewFake()
+	r := NewReconciler(f)
+	shared := State{FDBs: []kernel.FDB{{LinkIndex: vxlanLink, MAC: mac(1), Dst: netip.MustParseAddr("192.168.100.1")}}}
+	r.Update(State{}, shared)
+	r.Update(State{}, shared)
+	r.Update(shared, State{})
+	if _, err := r.Apply(false); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.FDBs) != 1 {
+		t.Fatalf("entry removed while still wanted: %s", f.Dump())
+	}
+	r.Update(shared, State{})
+	if _, err := r.Apply(false); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.FDBs) != 0 {
+		t.Fatalf("entry left after the last peer let go: %s", f.Dump())
+	}
+}

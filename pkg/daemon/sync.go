@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
@@ -59,15 +60,20 @@ type syncLoop struct {
 	// overlapping the peers skipped because their subnet overlaps a
 	// programmed peer's, re-examined whenever a peer goes away.
 	leases      map[string]subnet.Lease
-	states      map[string]network.State
+	states      map[string]peerEntry
 	overlapping map[string]bool
+	index       *subnetIndex // the subnets of the programmed peers
+	base        network.State
+	// started is set after the first successful pass: peers added before
+	// it are logged in one line, not one each.
+	started bool
 
 	mu    sync.Mutex
 	owned []int // the backend's owned links, read by the drift watcher
 }
 
 func newSyncLoop(be backend.Backend, rec *network.Reconciler, peers *subnet.Peers, own subnet.Lease, resync time.Duration, status *health.Status, m *metrics.Metrics) *syncLoop {
-	return &syncLoop{
+	l := &syncLoop{
 		backend:     be,
 		reconciler:  rec,
 		peers:       peers,
@@ -79,10 +85,26 @@ func newSyncLoop(be backend.Backend, rec *network.Reconciler, peers *subnet.Peer
 		event:       func(bool, string, string) {},
 		drift:       make(chan struct{}, 1),
 		leases:      map[string]subnet.Lease{},
-		states:      map[string]network.State{},
+		states:      map[string]peerEntry{},
 		overlapping: map[string]bool{},
+		index:       newSubnetIndex(),
 		owned:       be.Base().OwnedLinks,
 	}
+	l.setBase(be.Base())
+	return l
+}
+
+// peerEntry is a programmed peer: its desired state and its subnet.
+type peerEntry struct {
+	st     network.State
+	subnet netip.Prefix
+}
+
+// setBase gives the reconciler the backend's own state (its devices).
+func (l *syncLoop) setBase(base network.State) {
+	l.reconciler.Update(l.base, base)
+	l.reconciler.SetOwnedLinks(base.OwnedLinks)
+	l.base = base
 }
 
 // kick asks for a full pass because the kernel drifted.
@@ -156,7 +178,7 @@ func (l *syncLoop) run(ctx context.Context) {
 			kind = "full"
 		}
 		start := time.Now()
-		res, err := l.reconciler.Sync(l.desired(), first || full)
+		res, err := l.reconciler.Apply(first || full)
 		elapsed := time.Since(start)
 		l.metrics.SyncPasses.WithLabelValues(kind).Inc()
 		l.metrics.SyncDuration.WithLabelValues(kind).Observe(elapsed.Seconds())
@@ -179,6 +201,7 @@ func (l *syncLoop) run(ctx context.Context) {
 		klog.V(2).InfoS("Synced peers", "peers", len(l.states), "kind", kind,
 			"added", res.Added, "removed", res.Removed, "duration", elapsed)
 		full, first = false, false
+		l.started = true
 		if !ready {
 			ready = true
 			l.status.SetReady(true, "")
@@ -244,6 +267,7 @@ func (l *syncLoop) ensureDevice(ctx context.Context) error {
 		l.mu.Lock()
 		l.owned = after
 		l.mu.Unlock()
+		l.setBase(l.backend.Base())
 		l.peers.MarkAllDirty()
 	}
 	return nil
@@ -254,20 +278,15 @@ func (l *syncLoop) ensureDevice(ctx context.Context) error {
 // which of two overlapping peers wins does not depend on event order.
 func (l *syncLoop) drain() bool {
 	changed, synced := l.peers.Drain()
-	names := make([]string, 0, len(changed))
-	for name := range changed {
-		names = append(names, name)
-	}
-	slices.Sort(names)
 	removed := false
-	for _, name := range names {
+	for _, name := range slices.Sorted(maps.Keys(changed)) {
 		lease := changed[name]
 		if lease == nil {
 			if _, ok := l.states[name]; ok {
 				klog.InfoS("Removing peer", "node", name)
 				removed = true
 			}
-			delete(l.states, name)
+			l.dropState(name)
 			delete(l.leases, name)
 			delete(l.overlapping, name)
 			continue
@@ -286,6 +305,25 @@ func (l *syncLoop) drain() bool {
 	return synced
 }
 
+// setState records a peer's desired state and hands the change to the
+// reconciler.
+func (l *syncLoop) setState(name string, sn netip.Prefix, st network.State) {
+	old := l.states[name]
+	l.index.remove(name, old.subnet)
+	l.reconciler.Update(old.st, st)
+	l.index.add(name, sn)
+	l.states[name] = peerEntry{st: st, subnet: sn}
+}
+
+// dropState forgets a peer's desired state.
+func (l *syncLoop) dropState(name string) {
+	if old, ok := l.states[name]; ok {
+		l.reconciler.Update(old.st, network.State{})
+		l.index.remove(name, old.subnet)
+		delete(l.states, name)
+	}
+}
+
 // update recomputes one peer's desired state, skipping it with a warning
 // when its lease is unusable.
 func (l *syncLoop) update(lease subnet.Lease) {
@@ -300,7 +338,7 @@ func (l *syncLoop) update(lease subnet.Lease) {
 			}
 			l.event(true, reason, fmt.Sprintf("peer %s skipped: %v", name, err))
 		}
-		delete(l.states, name)
+		l.dropState(name)
 		if _, ok := err.(*overlapError); ok {
 			l.overlapping[name] = true
 		} else {
@@ -309,12 +347,16 @@ func (l *syncLoop) update(lease subnet.Lease) {
 		return
 	}
 	delete(l.overlapping, name)
+	verb := "Updating peer"
 	if _, ok := l.states[name]; !ok {
-		klog.InfoS("Adding peer", "node", name, "subnet", lease.Subnet, "publicIP", lease.Attrs.PublicIP)
-	} else {
-		klog.InfoS("Updating peer", "node", name, "subnet", lease.Subnet, "publicIP", lease.Attrs.PublicIP)
+		verb = "Adding peer"
 	}
-	l.states[name] = st
+	if l.started {
+		klog.InfoS(verb, "node", name, "subnet", lease.Subnet, "publicIP", lease.Attrs.PublicIP)
+	} else {
+		klog.V(2).InfoS(verb, "node", name, "subnet", lease.Subnet, "publicIP", lease.Attrs.PublicIP)
+	}
+	l.setState(name, lease.Subnet, st)
 }
 
 type overlapError struct{ msg string }
@@ -327,18 +369,8 @@ func (l *syncLoop) peerState(peer subnet.Lease) (network.State, error) {
 	if ip.Overlaps(peer.Subnet, l.own.Subnet) {
 		return network.State{}, &overlapError{fmt.Sprintf("its subnet %s overlaps this node's subnet %s", peer.Subnet, l.own.Subnet)}
 	}
-	for other := range l.states {
-		if o := l.leases[other]; other != peer.Name && ip.Overlaps(peer.Subnet, o.Subnet) {
-			return network.State{}, &overlapError{fmt.Sprintf("its subnet %s overlaps the subnet %s of peer %s", peer.Subnet, o.Subnet, other)}
-		}
+	if other, sn, ok := l.index.overlapping(peer.Name, peer.Subnet); ok {
+		return network.State{}, &overlapError{fmt.Sprintf("its subnet %s overlaps the subnet %s of peer %s", peer.Subnet, sn, other)}
 	}
 	return l.backend.PeerState(peer)
-}
-
-func (l *syncLoop) desired() network.State {
-	d := l.backend.Base()
-	for _, st := range l.states {
-		d.Merge(st)
-	}
-	return d
 }

@@ -73,8 +73,7 @@ func (s *Source) Event(warning bool, reason, message string) {
 	if warning {
 		typ = v1.EventTypeWarning
 	}
-	ref := &v1.ObjectReference{Kind: "Node", APIVersion: "v1", Name: s.cfg.NodeName, UID: types.UID(s.cfg.NodeName)}
-	s.cfg.Recorder.Event(ref, typ, reason, message)
+	s.cfg.Recorder.Event(s.nodeRef(), typ, reason, message)
 }
 
 func (s *Source) watchEvent(typ string) {
@@ -160,7 +159,7 @@ func (s *Source) Start(ctx context.Context, peers *subnet.Peers) error {
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			var list runtime.Object
 			err := retryQuickly(ctx, "list nodes", func() (err error) {
-				list, err = nodes.List(ctx, o)
+				list, err = s.listStripped(ctx, o)
 				return err
 			})
 			return list, err
@@ -212,6 +211,45 @@ func (s *Source) Start(ctx context.Context, peers *subnet.Peers) error {
 		}
 	}()
 	return nil
+}
+
+// listPageSize bounds how many whole Node objects are decoded at once.
+const listPageSize = 500
+
+// listStripped lists the Nodes page by page, keeping only what flanneld
+// reads of each, so that the initial list of a large cluster never holds
+// every whole Node object in memory at once.
+func (s *Source) listStripped(ctx context.Context, o metav1.ListOptions) (*v1.NodeList, error) {
+	// A paged list needs a consistent read, not "any version" (RV 0).
+	o.ResourceVersion, o.ResourceVersionMatch = "", ""
+	o.Limit = listPageSize
+	nodes := s.cfg.Client.CoreV1().Nodes()
+	out := &v1.NodeList{}
+	for {
+		page, err := nodes.List(ctx, o)
+		if err != nil {
+			return nil, err
+		}
+		if out.Items == nil {
+			out.Items = make([]v1.Node, 0, len(page.Items)+int(ptrOr(page.RemainingItemCount, 0)))
+		}
+		for i := range page.Items {
+			stripped, _ := s.ann.stripNode(&page.Items[i])
+			out.Items = append(out.Items, *stripped.(*v1.Node))
+		}
+		out.ResourceVersion = page.ResourceVersion
+		if page.Continue == "" {
+			return out, nil
+		}
+		o.Continue = page.Continue
+	}
+}
+
+func ptrOr(p *int64, def int64) int64 {
+	if p == nil {
+		return def
+	}
+	return *p
 }
 
 func (s *Source) onNode(obj any, peers *subnet.Peers) {
@@ -298,7 +336,7 @@ func (s *Source) AcquireLease(ctx context.Context, attrs subnet.LeaseAttrs) (sub
 		return lease, err
 	}
 	if err := s.checkSubnets(lease); err != nil {
-		s.Event(true, "PodCIDROutsideNetwork", err.Error())
+		s.fatalEvent(ctx, "PodCIDROutsideNetwork", err.Error())
 		return lease, err
 	}
 	if lease.Attrs, err = s.advertisedAttrs(n, attrs); err != nil {
