@@ -257,6 +257,23 @@ func TestDriftRepair(t *testing.T) {
 		}
 	})
 
+	t.Run("stray entries on the device are pruned", func(t *testing.T) {
+		// Someone else's entries on flannel.1 are not drift of what
+		// flanneld installed, but flannel.1 is flanneld's: the periodic
+		// full pass (every 30 s) removes them.
+		stray := peer{Name: "stray", PodCIDR: "10.244.88.0/24", PublicIP: "192.168.100.188", MAC: fakeMAC(88)}
+		for _, argv := range [][]string{
+			{"ip", "neigh", "add", stray.gateway(), "lladdr", stray.MAC, "dev", vxlanDevice, "nud", "permanent"},
+			{"bridge", "fdb", "append", stray.MAC, "dev", vxlanDevice, "dst", stray.PublicIP, "self", "permanent"},
+			{"ip", "route", "add", stray.PodCIDR, "via", stray.gateway(), "dev", vxlanDevice, "onlink"},
+		} {
+			mustExec(t, ns, argv...)
+		}
+		d := measure(t, "the stray entries on "+vxlanDevice+" to be removed", 45*time.Second, func() error { return checkPeerState(ns, want) })
+		metric(t, "stray_entries_pruned_seconds", d)
+		healthy(t)
+	})
+
 	// Last: another agent deleting the route in a tight loop drains the
 	// rate limiter's bucket.
 	t.Run("repair fight is rate limited", func(t *testing.T) {
@@ -341,4 +358,48 @@ func link(t testing.TB, ns, dev string) lab.Link {
 		t.Fatal(err)
 	}
 	return l
+}
+
+// TestUnderlayFlapDirectRouting measures the repair upstream never makes
+// (flannel#1070, #1434, #1759): with vxlan DirectRouting a peer on the same
+// segment is reached by a plain route via eth0, which the kernel flushes
+// when eth0 goes down. Once eth0 is up again flanneld must put the route
+// back and pods must ping.
+func TestUnderlayFlapDirectRouting(t *testing.T) {
+	lab.RequireRoot(t)
+	lab.RequireBinary(t, lab.BinaryFlanneld)
+	l := lab.New(t)
+	if err := l.WriteNetConf(directRoutingNetConf); err != nil {
+		t.Fatal(err)
+	}
+	n1 := l.AddNode(t, "n1", podCIDR(1))
+	n2 := l.AddNode(t, "n2", podCIDR(2))
+	startAll(t, l, []*lab.Node{n1, n2})
+	p1 := l.AddPod(t, n1, "p1")
+	p2 := l.AddPod(t, n2, "p1")
+	want := []string{directRoute(n2)}
+	lab.WaitFor(t, "n1's direct route to n2", convergeTimeout, func() error { return checkDirectRoutes(n1.Netns, want) })
+	lab.WaitPing(t, p1, p2.IP, pingTimeout)
+
+	for i := range 3 {
+		mustExec(t, n1.Netns, "ip", "link", "set", "eth0", "down")
+		time.Sleep(time.Second)
+		if err := checkDirectRoutes(n1.Netns, nil); err != nil {
+			t.Fatalf("with eth0 down the kernel should have flushed the route: %v", err)
+		}
+		mustExec(t, n1.Netns, "ip", "link", "set", "eth0", "up")
+		up := time.Now()
+		d := measure(t, "n1's direct route after eth0 is up again", repairTimeout, func() error { return checkDirectRoutes(n1.Netns, want) })
+		metric(t, fmt.Sprintf("directrouting_link_flap_route_seconds_%d", i+1), d)
+		// The lab's default route is the node's own configuration's job.
+		mustExec(t, n1.Netns, "ip", "route", "replace", "default", "via", n1.Segment.Gateway().String(), "dev", "eth0")
+		measure(t, "ping n1/p1 -> n2/p1 after eth0 is up again", repairTimeout, func() error {
+			_, err := lab.Exec(p1.Netns, "ping", "-c", "1", "-W", "0.2", p2.IP.String())
+			return err
+		})
+		metric(t, fmt.Sprintf("directrouting_link_flap_ping_seconds_%d", i+1), time.Since(up))
+		requireRunning(t, n1)
+		time.Sleep(repairQuiet)
+	}
+	lab.WaitPing(t, p2, p1.IP, pingTimeout)
 }

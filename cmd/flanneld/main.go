@@ -30,6 +30,9 @@ func main() {
 
 // run is main without the exit, for tests.
 func run(args, environ []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "diagnose" {
+		return runDiagnose(args[1:], environ, stdout, stderr)
+	}
 	opts, showVersion, err := parseOptions(args, environ, stderr)
 	if errors.Is(err, pflag.ErrHelp) {
 		return 0
@@ -65,7 +68,16 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 func parseOptions(args, environ []string, stderr io.Writer) (daemon.Options, bool, error) {
 	o := daemon.DefaultOptions()
 	o.Version = version
-	fs := pflag.NewFlagSet("flanneld", pflag.ContinueOnError)
+	fs, showVersion := newFlagSet("flanneld", &o, stderr)
+	if err := parseFlags(fs, args, environ); err != nil {
+		return o, false, err
+	}
+	return o, *showVersion, nil
+}
+
+// newFlagSet defines the daemon's flags (and klog's) on o, and --version.
+func newFlagSet(name string, o *daemon.Options, stderr io.Writer) (*pflag.FlagSet, *bool) {
+	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.SortFlags = false
 
@@ -101,17 +113,18 @@ func parseOptions(args, environ []string, stderr io.Writer) (daemon.Options, boo
 	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(klogFlags)
 	fs.AddGoFlagSet(klogFlags)
+	return fs, showVersion
+}
 
+// parseFlags parses the command line, then the environment.
+func parseFlags(fs *pflag.FlagSet, args, environ []string) error {
 	if err := fs.Parse(args); err != nil {
-		return o, false, err
+		return err
 	}
 	if fs.NArg() > 0 {
-		return o, false, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+		return fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
-	if err := setFromEnv(fs, environ); err != nil {
-		return o, false, err
-	}
-	return o, *showVersion, nil
+	return setFromEnv(fs, environ)
 }
 
 // setFromEnv sets each flag not given on the command line from its
@@ -126,7 +139,7 @@ func setFromEnv(fs *pflag.FlagSet, environ []string) error {
 	}
 	var errs []error
 	fs.VisitAll(func(f *pflag.Flag) {
-		if f.Changed {
+		if f.Changed || f.Annotations[noEnv] != nil {
 			return
 		}
 		key := "FLANNELD_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))

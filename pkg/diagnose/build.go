@@ -1,0 +1,487 @@
+package diagnose
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/flanneld/flanneld/backend"
+	"github.com/flanneld/flanneld/backend/hostgw"
+	"github.com/flanneld/flanneld/ip"
+	"github.com/flanneld/flanneld/network"
+	"github.com/flanneld/flanneld/pkg/kernel"
+	"github.com/flanneld/flanneld/subnet"
+)
+
+// Inputs is everything a diagnosis compares. Collect gathers them on a
+// node; tests build them from fakes.
+type Inputs struct {
+	// Node is this node's name.
+	Node string
+	// Config is the network configuration (net-conf.json).
+	Config *subnet.Config
+	// ExtIface is the external interface.
+	ExtIface *ip.ExternalInterface
+	// Own is this node's lease as its Node advertises it.
+	Own subnet.Lease
+	// Local are the attributes this node would advertise now: the
+	// configured backend type, the device's backend data, the public IP.
+	Local subnet.LeaseAttrs
+	// Backend is built as the daemon builds it, and attached to the
+	// existing device (AttachErr says why that failed).
+	Backend   backend.Backend
+	AttachErr error
+	// Devices are the backend's owned links as the kernel has them.
+	Devices []Device
+	// Peers are the peers' leases, sorted by name; Skipped the nodes the
+	// lease source could not read, with why.
+	Peers   []subnet.Lease
+	Skipped map[string]error
+	// Kernel is read (never written) for flanneld's entries.
+	Kernel kernel.Interface
+	// LinkName names a link index in the output (nil: the index).
+	LinkName func(index int) string
+	// Rules are the firewall rules the daemon keeps; IPTables is read
+	// (never written) to check them. IPTables may be nil when Rules is empty.
+	Rules    []network.Rule
+	IPTables network.IPTables
+	// Env is subnet.env: expected and on disk.
+	Env EnvInput
+	// Probe, if set, pings an address once and returns nil if it answered.
+	Probe func(netip.Addr) error
+}
+
+// Device is one link the backend owns, as the kernel has it.
+type Device struct {
+	Name      string
+	Index     int
+	Type      string
+	VNI       int // vxlan
+	MAC       string
+	MTU       int
+	Up        bool
+	Addresses []netip.Prefix // IPv4
+}
+
+// EnvInput is subnet.env as expected and as read from disk.
+type EnvInput struct {
+	Path     string
+	Expected subnet.Env
+	// OnDisk is the file's content; ReadErr the error reading it (wrapping
+	// fs.ErrNotExist when there is no file).
+	OnDisk  []byte
+	ReadErr error
+}
+
+// maxProbes bounds the pings in flight.
+const maxProbes = 32
+
+// Build compares and returns the report. It fails only when something
+// could not be read (the kernel's entries, the firewall), not when
+// something differs: that is what the report is for.
+func Build(in Inputs) (Report, error) {
+	b := builder{in: in, r: Report{
+		Format:  FormatVersion,
+		Node:    in.Node,
+		Backend: in.Config.BackendType,
+		Network: in.Config.Network.String(),
+		// Empty lists, not null, in the JSON.
+		Devices: []DeviceReport{}, Peers: []PeerReport{}, Skipped: []SkippedPeer{}, Stale: []string{},
+		Firewall: FirewallReport{Rules: []RuleReport{}, Problems: []string{}},
+		Problems: []string{},
+	}}
+	if in.ExtIface != nil {
+		b.r.Interface = InterfaceReport{Name: in.ExtIface.Name, Address: addrString(in.ExtIface.IfaceAddr), MTU: in.ExtIface.MTU}
+	}
+	b.lease()
+	b.devices()
+	var errs []error
+	if err := b.peers(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := b.firewall(); err != nil {
+		errs = append(errs, err)
+	}
+	b.subnetEnv()
+	b.probe()
+	b.r.OK = len(b.r.Problems) == 0
+	return b.r, errors.Join(errs...)
+}
+
+type builder struct {
+	in Inputs
+	r  Report
+}
+
+func (b *builder) problem(format string, a ...any) {
+	b.r.Problems = append(b.r.Problems, fmt.Sprintf(format, a...))
+}
+
+// name replaces the link index after every "dev" in an entry's text with
+// the link's name.
+func (b *builder) name(entry string) string {
+	if b.in.LinkName == nil {
+		return entry
+	}
+	f := strings.Fields(entry)
+	for i := 0; i+1 < len(f); i++ {
+		if f[i] != "dev" {
+			continue
+		}
+		if idx, err := strconv.Atoi(f[i+1]); err == nil {
+			f[i+1] = b.in.LinkName(idx)
+		}
+	}
+	return strings.Join(f, " ")
+}
+
+// attached reports whether the backend found its device (or needs none).
+func (b *builder) attached() bool { return b.in.AttachErr == nil }
+
+// ownedLinks are the backend's devices that exist.
+func (b *builder) ownedLinks() []int {
+	if !b.attached() {
+		return nil
+	}
+	return slices.DeleteFunc(slices.Clone(b.in.Backend.Base().OwnedLinks), func(i int) bool { return i <= 0 })
+}
+
+func (b *builder) lease() {
+	own, local := b.in.Own, b.in.Local
+	l := &b.r.Lease
+	l.Subnet = prefixString(own.Subnet)
+	l.SubnetStatus = StatusOK
+	if err := b.in.Config.CheckSubnet(own.Subnet); err != nil {
+		l.SubnetStatus = StatusDiffers
+		b.problem("lease: podCIDR %s: %v (flanneld refuses to start)", own.Subnet, err)
+	}
+	compare := func(what, advertised, localValue string, equal bool) Compared {
+		c := Compared{Advertised: advertised, Local: localValue, Status: StatusOK}
+		switch {
+		case advertised == "":
+			c.Status = StatusNotAdvertised
+			b.problem("lease: %s is not advertised on the Node (has flanneld started here?)", what)
+		case !equal:
+			c.Status = StatusDiffers
+			b.problem("lease: %s advertised %s, this node has %s", what, advertised, localValue)
+		}
+		return c
+	}
+	l.PublicIP = compare("public IP", addrString(own.Attrs.PublicIP), addrString(local.PublicIP),
+		own.Attrs.PublicIP == local.PublicIP)
+	l.BackendType = compare("backend type", own.Attrs.BackendType, local.BackendType,
+		own.Attrs.BackendType == local.BackendType)
+	advertised, localData := canonicalJSON(own.Attrs.BackendData), canonicalJSON(local.BackendData)
+	if len(own.Attrs.BackendData) == 0 {
+		advertised = ""
+	}
+	if !b.attached() {
+		localData = "(no device)"
+	}
+	l.BackendData = compare("backend data", advertised, localData, advertised == localData)
+}
+
+// canonicalJSON re-encodes a JSON document so that equal documents compare
+// equal (key order, white space); "null" when empty, the raw text when it
+// is not JSON.
+func canonicalJSON(raw json.RawMessage) string {
+	if len(bytes.TrimSpace(raw)) == 0 {
+		return "null"
+	}
+	var v any
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return string(raw)
+	}
+	out, err := json.Marshal(v)
+	if err != nil {
+		return string(raw)
+	}
+	return string(out)
+}
+
+func (b *builder) devices() {
+	if !b.attached() {
+		b.r.Devices = append(b.r.Devices, DeviceReport{Status: StatusMissing, Detail: b.in.AttachErr.Error()})
+		b.problem("device: %v", b.in.AttachErr)
+		return
+	}
+	want := netip.PrefixFrom(b.in.Own.Subnet.Masked().Addr(), 32)
+	for _, d := range b.in.Devices {
+		dr := DeviceReport{
+			Name: d.Name, Type: d.Type, VNI: d.VNI, MAC: d.MAC, MTU: d.MTU, Up: d.Up, Addresses: []string{},
+			WantMTU: b.in.Backend.MTU(), WantAddress: want.String(), Status: StatusOK,
+		}
+		for _, a := range d.Addresses {
+			dr.Addresses = append(dr.Addresses, a.String())
+		}
+		var diffs []string
+		if d.MTU != dr.WantMTU {
+			diffs = append(diffs, fmt.Sprintf("MTU %d, want %d", d.MTU, dr.WantMTU))
+		}
+		if !d.Up {
+			diffs = append(diffs, "down")
+		}
+		if len(d.Addresses) != 1 || d.Addresses[0] != want {
+			diffs = append(diffs, fmt.Sprintf("addresses [%s], want %s", strings.Join(dr.Addresses, " "), want))
+		}
+		if len(diffs) > 0 {
+			dr.Status, dr.Detail = StatusDiffers, strings.Join(diffs, "; ")
+			b.problem("device %s: %s", d.Name, dr.Detail)
+		}
+		b.r.Devices = append(b.r.Devices, dr)
+	}
+}
+
+// peers decides, as the daemon's sync loop does, which peers are
+// programmed (in name order, a peer overlapping this node or an earlier
+// peer is skipped), then compares each one's entries with the kernel.
+func (b *builder) peers() error {
+	snap, err := network.ReadOwned(b.in.Kernel, b.ownedLinks())
+	if err != nil {
+		return fmt.Errorf("read flanneld's kernel entries: %w", err)
+	}
+	var desired network.State
+	if b.attached() {
+		desired = b.in.Backend.Base()
+	}
+	var programmed []subnet.Lease
+	for _, p := range b.in.Peers {
+		st, err := b.peerState(p, programmed)
+		if err != nil {
+			b.r.Skipped = append(b.r.Skipped, SkippedPeer{Name: p.Name, Subnet: prefixString(p.Subnet), Reason: err.Error()})
+			continue
+		}
+		programmed = append(programmed, p)
+		desired.Merge(st)
+		pr := PeerReport{Name: p.Name, Subnet: prefixString(p.Subnet), PublicIP: addrString(p.Attrs.PublicIP)}
+		for _, rt := range st.Routes {
+			pr.Entries = append(pr.Entries, b.entry("route", rt.String(), snap.RouteStatus(rt), func() string {
+				return snap.Routes[rt.Key()].String()
+			}))
+		}
+		for _, n := range st.Neighs {
+			pr.Entries = append(pr.Entries, b.entry("neighbour", n.String(), snap.NeighStatus(n), func() string {
+				return snap.Neighs[n.Key()].String()
+			}))
+		}
+		for _, f := range st.FDBs {
+			pr.Entries = append(pr.Entries, b.entry("fdb", f.String(), snap.FDBStatus(f), func() string {
+				return snap.FDBs[f.Key()].String()
+			}))
+		}
+		for _, e := range pr.Entries {
+			if e.Status != StatusOK {
+				msg := fmt.Sprintf("peer %s: %s %s: %s", p.Name, e.Kind, e.Want, e.Status)
+				if e.Have != "" {
+					msg += ", the kernel has " + e.Have
+				}
+				b.problem("%s", msg)
+			}
+		}
+		b.r.Peers = append(b.r.Peers, pr)
+	}
+	for _, name := range sortedKeys(b.in.Skipped) {
+		b.r.Skipped = append(b.r.Skipped, SkippedPeer{Name: name, Reason: b.in.Skipped[name].Error()})
+	}
+	slices.SortFunc(b.r.Skipped, func(a, c SkippedPeer) int { return strings.Compare(a.Name, c.Name) })
+	if !b.attached() {
+		return nil // without the device, everything on it would look stale
+	}
+	for _, s := range snap.Stale(desired) {
+		s = b.name(s)
+		b.r.Stale = append(b.r.Stale, s)
+		b.problem("stale: %s (no peer needs it)", s)
+	}
+	return nil
+}
+
+// entry reports one expected entry; have describes the kernel's entry
+// with the same key, asked for only when it differs.
+func (b *builder) entry(kind, want, status string, have func() string) EntryReport {
+	e := EntryReport{Kind: kind, Want: b.name(want), Status: status}
+	if strings.HasPrefix(status, StatusDiffers) {
+		e.Status, e.Have = StatusDiffers, b.name(have())
+	}
+	return e
+}
+
+// peerState is the daemon's rule for a peer: its subnet must overlap
+// neither this node's nor a programmed peer's, and the backend must
+// accept its lease.
+func (b *builder) peerState(p subnet.Lease, programmed []subnet.Lease) (network.State, error) {
+	if ip.Overlaps(p.Subnet, b.in.Own.Subnet) {
+		return network.State{}, fmt.Errorf("its subnet %s overlaps this node's subnet %s", p.Subnet, b.in.Own.Subnet)
+	}
+	for _, o := range programmed {
+		if ip.Overlaps(p.Subnet, o.Subnet) {
+			return network.State{}, fmt.Errorf("its subnet %s overlaps the subnet %s of peer %s", p.Subnet, o.Subnet, o.Name)
+		}
+	}
+	return b.in.Backend.PeerState(p)
+}
+
+func (b *builder) firewall() error {
+	if len(b.in.Rules) == 0 {
+		return nil
+	}
+	if b.in.IPTables == nil {
+		return errors.New("no iptables to check the firewall rules with")
+	}
+	var errs []error
+	for _, rule := range b.in.Rules {
+		ok, err := b.in.IPTables.Exists(rule.Table, rule.Chain, rule.Spec...)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("check rule %s: %w", rule, err))
+			continue
+		}
+		status := StatusOK
+		if !ok {
+			status = StatusMissing
+		}
+		b.r.Firewall.Rules = append(b.r.Firewall.Rules, RuleReport{Rule: rule.String(), Status: status})
+	}
+	problems, err := network.NewFirewall(b.in.IPTables, b.in.Rules).Check()
+	if err != nil {
+		errs = append(errs, fmt.Errorf("check the firewall rules: %w", err))
+	}
+	for _, p := range problems {
+		b.r.Firewall.Problems = append(b.r.Firewall.Problems, p)
+		b.problem("firewall: %s", p)
+	}
+	return errors.Join(errs...)
+}
+
+func (b *builder) subnetEnv() {
+	e := b.in.Env
+	r := &b.r.SubnetEnv
+	r.Path, r.Status, r.Lines = e.Path, StatusOK, []EnvLine{}
+	want, err := subnet.FormatEnv(e.Expected)
+	if err != nil {
+		r.Status, r.Error = StatusDiffers, err.Error()
+		b.problem("subnet.env: cannot compute the expected content: %v", err)
+		return
+	}
+	switch {
+	case errors.Is(e.ReadErr, fs.ErrNotExist):
+		r.Status = StatusMissing
+		b.problem("subnet.env: %s does not exist", e.Path)
+	case e.ReadErr != nil:
+		r.Status, r.Error = StatusDiffers, e.ReadErr.Error()
+		b.problem("subnet.env: %v", e.ReadErr)
+	}
+	expected, expectedKeys := envLines(want)
+	onDisk, diskKeys := envLines(e.OnDisk)
+	for _, k := range diskKeys {
+		if _, ok := expected[k]; !ok {
+			expectedKeys = append(expectedKeys, k)
+		}
+	}
+	for _, k := range expectedKeys {
+		line := EnvLine{Key: k, Expected: expected[k], OnDisk: onDisk[k], Status: StatusOK}
+		if line.Expected != line.OnDisk {
+			line.Status = StatusDiffers
+			if r.Status == StatusOK {
+				r.Status = StatusDiffers
+			}
+			if e.ReadErr == nil {
+				b.problem("subnet.env: %s=%s, want %s", k, line.OnDisk, line.Expected)
+			}
+		}
+		r.Lines = append(r.Lines, line)
+	}
+}
+
+// envLines reads KEY=VALUE lines (quotes removed), keys in order.
+func envLines(text []byte) (map[string]string, []string) {
+	values := map[string]string{}
+	var keys []string
+	sc := bufio.NewScanner(bytes.NewReader(text))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		k, v, ok := strings.Cut(line, "=")
+		if !ok || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v = strings.TrimSpace(k), strings.Trim(strings.TrimSpace(v), `"'`)
+		if _, seen := values[k]; !seen {
+			keys = append(keys, k)
+		}
+		values[k] = v
+	}
+	return values, keys
+}
+
+// probe pings every programmed peer once, a few at a time.
+func (b *builder) probe() {
+	if b.in.Probe == nil {
+		return
+	}
+	byName := map[string]subnet.Lease{}
+	for _, p := range b.in.Peers {
+		byName[p.Name] = p
+	}
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, maxProbes)
+	for i := range b.r.Peers {
+		pr := &b.r.Peers[i]
+		target := probeTarget(b.in.Config.BackendType, byName[pr.Name])
+		pr.Probe = &ProbeReport{Target: addrString(target)}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := b.in.Probe(target); err != nil {
+				pr.Probe.Error = err.Error()
+				return
+			}
+			pr.Probe.Reachable = true
+		}()
+	}
+	wg.Wait()
+	for _, pr := range b.r.Peers {
+		if !pr.Probe.Reachable {
+			b.problem("peer %s: %s does not answer a ping", pr.Name, pr.Probe.Target)
+		}
+	}
+}
+
+// probeTarget is what answers for a peer: its public IP with host-gw,
+// else its VTEP, the network address of its subnet.
+func probeTarget(backendType string, p subnet.Lease) netip.Addr {
+	if backendType == hostgw.Type {
+		return p.Attrs.PublicIP
+	}
+	return p.Subnet.Masked().Addr()
+}
+
+func addrString(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
+}
+
+func prefixString(p netip.Prefix) string {
+	if !p.IsValid() {
+		return ""
+	}
+	return p.String()
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

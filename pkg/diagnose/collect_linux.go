@@ -1,0 +1,235 @@
+package diagnose
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/coreos/go-iptables/iptables"
+	"github.com/vishvananda/netlink"
+
+	"github.com/flanneld/flanneld/backend"
+	"github.com/flanneld/flanneld/backend/vxlan"
+	"github.com/flanneld/flanneld/ip"
+	"github.com/flanneld/flanneld/network"
+	"github.com/flanneld/flanneld/pkg/daemon"
+	"github.com/flanneld/flanneld/pkg/kernel"
+	"github.com/flanneld/flanneld/subnet"
+	"github.com/flanneld/flanneld/subnet/kube"
+)
+
+// Flags are diagnose's own command-line flags, besides the daemon's.
+type Flags struct {
+	// JSON prints the report as JSON instead of tables.
+	JSON bool
+	// Probe pings every programmed peer once.
+	Probe bool
+}
+
+// apiTimeout bounds the API requests (the node name, the List of Nodes).
+const apiTimeout = 30 * time.Second
+
+// probeTimeout bounds one ping: `ping -c1 -W1` plus the process start.
+const probeTimeout = 3 * time.Second
+
+// Run diagnoses this node with the daemon's options o and prints the
+// report to w. It returns whether everything matched; an error means the
+// diagnosis could not be made (no report, or an incomplete one).
+func Run(ctx context.Context, o daemon.Options, f Flags, w io.Writer) (ok bool, err error) {
+	in, closeInputs, err := Collect(ctx, o, f.Probe)
+	if err != nil {
+		return false, err
+	}
+	defer closeInputs()
+	r, buildErr := Build(in)
+	if f.JSON {
+		err = WriteJSON(w, r)
+	} else {
+		err = WriteText(w, r)
+	}
+	if buildErr != nil {
+		return false, buildErr
+	}
+	return r.OK, err
+}
+
+// Collect gathers the Inputs on this node, reading exactly what the daemon
+// reads (its options, net-conf.json, the Nodes, the kernel) and changing
+// nothing. The returned function releases the netlink handle.
+func Collect(ctx context.Context, o daemon.Options, probe bool) (Inputs, func(), error) {
+	noop := func() {}
+	if err := o.Validate(); err != nil {
+		return Inputs{}, noop, err
+	}
+	if !o.KubeSubnetMgr {
+		return Inputs{}, noop, errors.New("diagnose supports Kubernetes mode only: run it with --kube-subnet-mgr and the daemon's other flags")
+	}
+	cfg, err := subnet.ReadConfigFile(o.NetConfigPath)
+	if err != nil {
+		return Inputs{}, noop, err
+	}
+	if !cfg.EnableIPv4 || cfg.EnableIPv6 {
+		return Inputs{}, noop, errors.New("only IPv4 networks are supported in this build")
+	}
+	if cfg.EnableNFTables {
+		return Inputs{}, noop, errors.New("EnableNFTables is not supported in this build")
+	}
+
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return Inputs{}, noop, fmt.Errorf("open netlink: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			h.Close()
+		}
+	}()
+	ext, err := ip.LookupExternalInterface(h, o.InterfaceOptions(cfg))
+	if err != nil {
+		return Inputs{}, noop, err
+	}
+	be, err := daemon.Backends().New(backend.Params{Config: cfg, ExtIface: ext, Handle: h, Reach: ip.KernelReachability{H: h}})
+	if err != nil {
+		return Inputs{}, noop, err
+	}
+	in := Inputs{
+		Config:   cfg,
+		ExtIface: ext,
+		Backend:  be,
+		Kernel:   kernel.NewNetlink(h),
+		LinkName: linkNamer(h),
+		Env:      EnvInput{Path: o.SubnetFile},
+	}
+	in.AttachErr = be.Attach()
+
+	client, err := kube.NewClient(o.KubeconfigFile, o.KubeAPIURL, "flanneld-diagnose/"+o.Version)
+	if err != nil {
+		return Inputs{}, noop, err
+	}
+	apiCtx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
+	if in.Node, err = kube.NodeName(apiCtx, client); err != nil {
+		return Inputs{}, noop, err
+	}
+	leases, err := kube.ListLeases(apiCtx, client, o.KubeAnnotationPrefix, in.Node)
+	if err != nil {
+		return Inputs{}, noop, err
+	}
+	switch {
+	case leases.Own == nil:
+		return Inputs{}, noop, fmt.Errorf("node %s does not exist in the API (is NODE_NAME right?)", in.Node)
+	case leases.OwnErr != nil:
+		return Inputs{}, noop, fmt.Errorf("this node's lease: %w", leases.OwnErr)
+	}
+	in.Own, in.Peers, in.Skipped = *leases.Own, leases.Peers, leases.Skipped
+
+	if in.AttachErr == nil {
+		if in.Devices, err = readDevices(h, be.Base().OwnedLinks); err != nil {
+			return Inputs{}, noop, err
+		}
+	}
+	local := subnet.LeaseAttrs{PublicIP: ext.ExtAddr, BackendType: cfg.BackendType, BackendData: deviceData(cfg.BackendType, in.Devices)}
+	if in.Local, err = leases.Advertise(local, o.PublicIP != "", o.PublicIPv6 != ""); err != nil {
+		return Inputs{}, noop, err
+	}
+
+	in.Rules = daemon.FirewallRules(&o, cfg, in.Own)
+	if len(in.Rules) > 0 {
+		if in.IPTables, err = network.NewIPTables(iptables.ProtocolIPv4); err != nil {
+			return Inputs{}, noop, err
+		}
+	}
+	in.Env.Expected = subnet.NewEnv(cfg, &in.Own, be.MTU(), o.IPMasq)
+	in.Env.OnDisk, in.Env.ReadErr = os.ReadFile(o.SubnetFile)
+	if probe {
+		in.Probe = func(a netip.Addr) error { return ping(ctx, a) }
+	}
+	ok = true
+	return in, func() { h.Close() }, nil
+}
+
+// readDevices reads the backend's owned links.
+func readDevices(h *netlink.Handle, links []int) ([]Device, error) {
+	var out []Device
+	for _, idx := range links {
+		link, err := h.LinkByIndex(idx)
+		if err != nil {
+			return nil, fmt.Errorf("read device %d: %w", idx, err)
+		}
+		a := link.Attrs()
+		d := Device{Name: a.Name, Index: a.Index, Type: link.Type(), MAC: a.HardwareAddr.String(), MTU: a.MTU, Up: a.Flags&net.FlagUp != 0}
+		addrs, err := h.AddrList(link, netlink.FAMILY_V4)
+		if err != nil {
+			return nil, fmt.Errorf("list addresses of %s: %w", a.Name, err)
+		}
+		for _, addr := range addrs {
+			d.Addresses = append(d.Addresses, ip.PrefixFromIPNet(addr.IPNet))
+		}
+		if v, ok := link.(*netlink.Vxlan); ok {
+			d.VNI = v.VxlanId
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// deviceData is the backend data the device implies: for vxlan the VNI
+// and the VTEP MAC of flannel.<VNI>; nothing for backends without data.
+func deviceData(backendType string, devices []Device) json.RawMessage {
+	if backendType != vxlan.Type || len(devices) != 1 {
+		return nil
+	}
+	d := devices[0]
+	if d.Type != "vxlan" {
+		return nil
+	}
+	data, err := json.Marshal(vxlan.Data{VNI: d.VNI, VtepMAC: d.MAC})
+	if err != nil {
+		return nil
+	}
+	return data
+}
+
+// linkNamer names link indexes by the kernel's link names.
+func linkNamer(h *netlink.Handle) func(int) string {
+	names := map[int]string{}
+	return func(idx int) string {
+		if n, ok := names[idx]; ok {
+			return n
+		}
+		n := strconv.Itoa(idx)
+		if link, err := h.LinkByIndex(idx); err == nil {
+			n = link.Attrs().Name
+		}
+		names[idx] = n
+		return n
+	}
+}
+
+// ping sends one echo request to a and waits a second for the reply.
+func ping(ctx context.Context, a netip.Addr) error {
+	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ping", "-n", "-c1", "-W1", a.String()).CombinedOutput()
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		return fmt.Errorf("cannot run ping: %w", err) // not installed, say
+	}
+	if err != nil {
+		if len(out) > 0 && !strings.Contains(string(out), "1 packets transmitted") {
+			return fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out)))
+		}
+		return fmt.Errorf("no reply within 1s")
+	}
+	return nil
+}

@@ -1,0 +1,194 @@
+// Package diagnose is `flanneld diagnose`: it compares what flanneld on this
+// node should have programmed with what the kernel, the firewall and the
+// subnet file hold, and prints the differences for an operator.
+//
+// It reads the same lease source as the daemon (one List of Nodes, no
+// informer) and the kernel of the namespace it runs in, and changes
+// nothing, so it works while the daemon is stopped. The comparison itself
+// (Build) is pure: everything it reads comes in through Inputs, so it is
+// unit-tested with kernel.Fake and a fake backend; Collect gathers the
+// Inputs on a real node.
+package diagnose
+
+// FormatVersion is the version of the JSON report. Fields are only ever
+// added within a version; a change to the meaning of a field bumps it.
+const FormatVersion = 1
+
+// Statuses of the compared items.
+const (
+	// StatusOK: the kernel (device, file, annotation) has what is expected.
+	StatusOK = "ok"
+	// StatusMissing: the expected entry (rule, file, device) is absent.
+	StatusMissing = "missing"
+	// StatusDiffers: something is there but not what is expected; Have
+	// (or Detail) says what.
+	StatusDiffers = "differs"
+	// StatusNotAdvertised: the Node lacks the annotation (flanneld never
+	// completed its start-up on this node).
+	StatusNotAdvertised = "not advertised"
+)
+
+// Report is the result of a diagnosis: the JSON document `flanneld diagnose
+// --json` prints. Addresses and prefixes are strings in their usual
+// notation; an absent value is "".
+type Report struct {
+	// Format is FormatVersion.
+	Format int `json:"format"`
+	// Node is this node's name.
+	Node string `json:"node"`
+	// Backend is the backend type of the network configuration.
+	Backend string `json:"backend"`
+	// Network is the cluster Network (IPv4).
+	Network string `json:"network"`
+	// Interface is the external interface flanneld would use.
+	Interface InterfaceReport `json:"interface"`
+	// Lease compares the lease the Node advertises with what this node has.
+	Lease LeaseReport `json:"lease"`
+	// Devices are the devices the backend owns (flannel.1 for vxlan; none
+	// for host-gw).
+	Devices []DeviceReport `json:"devices"`
+	// Peers are the peers flanneld programs, sorted by name, with each
+	// expected kernel entry and its status.
+	Peers []PeerReport `json:"peers"`
+	// Skipped are the peers flanneld does not program, with why.
+	Skipped []SkippedPeer `json:"skipped"`
+	// Stale are entries flanneld owns that no peer needs: the next full
+	// pass of a running daemon removes them.
+	Stale []string `json:"stale"`
+	// Firewall compares the iptables rules.
+	Firewall FirewallReport `json:"firewall"`
+	// SubnetEnv compares subnet.env.
+	SubnetEnv SubnetEnvReport `json:"subnetEnv"`
+	// Problems lists every difference found, one sentence each; empty when
+	// the node is as flanneld would make it.
+	Problems []string `json:"problems"`
+	// OK is true when Problems is empty (exit status 0).
+	OK bool `json:"ok"`
+}
+
+// InterfaceReport is the external interface.
+type InterfaceReport struct {
+	Name    string `json:"name"`
+	Address string `json:"address"`
+	MTU     int    `json:"mtu"`
+}
+
+// Compared is one value as advertised on the Node next to this node's
+// value (from the configuration, the interface or the device).
+type Compared struct {
+	Advertised string `json:"advertised"`
+	Local      string `json:"local"`
+	// Status is "ok", "differs" or "not advertised".
+	Status string `json:"status"`
+}
+
+// LeaseReport is this node's lease.
+type LeaseReport struct {
+	// Subnet is the node's podCIDR.
+	Subnet string `json:"subnet"`
+	// SubnetStatus is "ok", or "differs" when the podCIDR is outside the
+	// Network (the daemon refuses to start).
+	SubnetStatus string `json:"subnetStatus"`
+	// PublicIP: the public-ip annotation vs the address this node would
+	// advertise (--public-ip, the interface's, or an overwrite annotation).
+	PublicIP Compared `json:"publicIP"`
+	// BackendType: the backend-type annotation vs the configuration.
+	BackendType Compared `json:"backendType"`
+	// BackendData: the backend-data annotation vs what the device has
+	// (vxlan: the VNI and flannel.1's MAC).
+	BackendData Compared `json:"backendData"`
+}
+
+// DeviceReport is one device flanneld owns.
+type DeviceReport struct {
+	Name string `json:"name"`
+	// Type is the kernel's link type ("vxlan"); VNI its VXLAN id.
+	Type      string   `json:"type"`
+	VNI       int      `json:"vni,omitempty"`
+	MAC       string   `json:"mac"`
+	MTU       int      `json:"mtu"`
+	Up        bool     `json:"up"`
+	Addresses []string `json:"addresses"`
+	// WantMTU and WantAddress are what flanneld gives the device.
+	WantMTU     int    `json:"wantMTU"`
+	WantAddress string `json:"wantAddress"`
+	// Status is "ok", "missing" or "differs"; Detail says what differs,
+	// or why the device is missing.
+	Status string `json:"status"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// PeerReport is one programmed peer.
+type PeerReport struct {
+	Name     string        `json:"name"`
+	Subnet   string        `json:"subnet"`
+	PublicIP string        `json:"publicIP"`
+	Entries  []EntryReport `json:"entries"`
+	// Probe is the reachability probe's result (only with --probe).
+	Probe *ProbeReport `json:"probe,omitempty"`
+}
+
+// EntryReport is one kernel entry a peer needs.
+type EntryReport struct {
+	// Kind is "route", "neighbour" or "fdb".
+	Kind string `json:"kind"`
+	// Want is the entry as `ip route` / `ip neigh` / `bridge fdb` would
+	// describe it, e.g. "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink".
+	Want string `json:"want"`
+	// Status is "ok", "missing" or "differs".
+	Status string `json:"status"`
+	// Have is the kernel's entry with the same key, when it differs.
+	Have string `json:"have,omitempty"`
+}
+
+// ProbeReport is the result of one ping of a peer.
+type ProbeReport struct {
+	// Target is the address pinged: the peer subnet's network address
+	// (its VTEP) for vxlan, its public IP for host-gw.
+	Target    string `json:"target"`
+	Reachable bool   `json:"reachable"`
+	Error     string `json:"error,omitempty"`
+}
+
+// SkippedPeer is a peer flanneld does not program.
+type SkippedPeer struct {
+	Name   string `json:"name"`
+	Subnet string `json:"subnet"`
+	Reason string `json:"reason"`
+}
+
+// FirewallReport compares the iptables rules flanneld keeps.
+type FirewallReport struct {
+	// Rules are the expected rules (iptables-save form with the table)
+	// and whether each is present ("ok" or "missing").
+	Rules []RuleReport `json:"rules"`
+	// Problems are the differences of flanneld's chains as a whole
+	// (missing, unexpected or reordered rules), e.g.
+	// "nat/FLANNEL-POSTRTG: 1 rule missing".
+	Problems []string `json:"problems"`
+}
+
+// RuleReport is one expected rule.
+type RuleReport struct {
+	Rule   string `json:"rule"`
+	Status string `json:"status"`
+}
+
+// SubnetEnvReport compares subnet.env.
+type SubnetEnvReport struct {
+	Path string `json:"path"`
+	// Status is "ok", "missing" (no file) or "differs".
+	Status string `json:"status"`
+	// Error says why the file could not be read (other than missing).
+	Error string `json:"error,omitempty"`
+	// Lines compare each key, expected keys first.
+	Lines []EnvLine `json:"lines"`
+}
+
+// EnvLine is one key of subnet.env.
+type EnvLine struct {
+	Key      string `json:"key"`
+	Expected string `json:"expected"`
+	OnDisk   string `json:"onDisk"`
+	Status   string `json:"status"`
+}
