@@ -64,17 +64,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	defer h.Close()
 
-	publicIP, _ := o.publicIP(o.PublicIP, true)
-	publicIPv6, _ := o.publicIP(o.PublicIPv6, false)
-	ext, err := ip.LookupExternalInterface(h, ip.InterfaceOptions{
-		Ifaces:     o.Iface,
-		IfaceRegex: o.IfaceRegex,
-		CanReach:   o.IfaceCanReach,
-		PublicIP:   publicIP,
-		PublicIPv6: publicIPv6,
-		EnableIPv4: cfg.EnableIPv4,
-		EnableIPv6: cfg.EnableIPv6,
-	})
+	ext, err := ip.LookupExternalInterface(h, o.InterfaceOptions(cfg))
 	if err != nil {
 		return err
 	}
@@ -198,17 +188,7 @@ func joinNetwork(ctx context.Context, src subnet.Source, be backend.Backend) (su
 // startFirewall installs the masquerade and forward rules and keeps them in
 // place every --iptables-resync seconds.
 func startFirewall(ctx context.Context, o Options, cfg *subnet.Config, lease subnet.Lease, m *metrics.Metrics) error {
-	var rules []network.Rule
-	if o.IPMasq {
-		rules = append(rules, network.MasqRules(network.FirewallConfig{
-			Network:         cfg.Network,
-			Lease:           lease.Subnet,
-			MasqFullyRandom: !o.IPMasqFullyRandomDisable,
-		})...)
-	}
-	if o.IPTablesForwardRules {
-		rules = append(rules, network.ForwardRules(cfg.Network)...)
-	}
+	rules := FirewallRules(&o, cfg, lease)
 	if len(rules) == 0 {
 		return nil
 	}
