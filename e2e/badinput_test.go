@@ -115,8 +115,9 @@ func TestBadOwnConfig(t *testing.T) {
 		} else if ann[annotationPrefix+"kube-subnet-manager"] == "true" {
 			t.Errorf("Node %s advertises itself as a flannel node: %v", n.Name, ann)
 		}
+		// The podCIDR is checked before anything on the node changes.
 		if _, err := lab.ShowLink(n.Netns, vxlanDevice); err == nil {
-			t.Logf("note: %s was left on the node", vxlanDevice)
+			t.Errorf("%s was created although the podCIDR is outside the Network", vxlanDevice)
 		}
 	})
 }

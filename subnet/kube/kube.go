@@ -304,12 +304,16 @@ func (s *Source) waitSynced(ctx context.Context) error {
 }
 
 // PreviousAttrs implements subnet.Source.
+//
+// In Kubernetes mode the lease is the node's podCIDR, known before any
+// device exists: PreviousAttrs already waits for it and checks it, so a
+// podCIDR outside the Network fails before anything on the node changes.
 func (s *Source) PreviousAttrs(ctx context.Context) (*subnet.LeaseAttrs, error) {
-	if err := s.waitSynced(ctx); err != nil {
+	n, err := s.waitLease(ctx)
+	if err != nil {
 		return nil, err
 	}
-	n := s.ownNode()
-	if n == nil || n.Annotations[s.ann.BackendType] == "" {
+	if n.Annotations[s.ann.BackendType] == "" {
 		return nil, nil
 	}
 	l, err := s.ann.leaseFromNode(n)
@@ -324,19 +328,12 @@ func (s *Source) PreviousAttrs(ctx context.Context) (*subnet.LeaseAttrs, error) 
 // While the node has none it waits, saying why; a podCIDR outside the
 // Network is an error.
 func (s *Source) AcquireLease(ctx context.Context, attrs subnet.LeaseAttrs) (subnet.Lease, error) {
-	if err := s.waitSynced(ctx); err != nil {
-		return subnet.Lease{}, err
-	}
-	n, err := s.waitPodCIDR(ctx)
+	n, err := s.waitLease(ctx)
 	if err != nil {
 		return subnet.Lease{}, err
 	}
 	lease := subnet.Lease{Name: n.Name}
 	if lease.Subnet, lease.IPv6Subnet, err = podCIDRs(n); err != nil {
-		return lease, err
-	}
-	if err := s.checkSubnets(lease); err != nil {
-		s.fatalEvent(ctx, "PodCIDROutsideNetwork", err.Error())
 		return lease, err
 	}
 	if lease.Attrs, err = s.advertisedAttrs(n, attrs); err != nil {
@@ -357,6 +354,27 @@ func (s *Source) AcquireLease(ctx context.Context, attrs subnet.LeaseAttrs) (sub
 		klog.InfoS("Published node annotations", "node", n.Name, "annotations", patch)
 	}
 	return lease, nil
+}
+
+// waitLease waits for the Node cache and this node's podCIDR, and checks
+// that the podCIDR lies in the Network.
+func (s *Source) waitLease(ctx context.Context) (*v1.Node, error) {
+	if err := s.waitSynced(ctx); err != nil {
+		return nil, err
+	}
+	n, err := s.waitPodCIDR(ctx)
+	if err != nil {
+		return nil, err
+	}
+	lease := subnet.Lease{Name: n.Name}
+	if lease.Subnet, lease.IPv6Subnet, err = podCIDRs(n); err != nil {
+		return nil, err
+	}
+	if err := s.checkSubnets(lease); err != nil {
+		s.fatalEvent(ctx, "PodCIDROutsideNetwork", err.Error())
+		return nil, err
+	}
+	return n, nil
 }
 
 // waitPodCIDR waits until this node exists and has a podCIDR.

@@ -294,7 +294,7 @@ func TestSourceSyncedOnlyAfterHandlers(t *testing.T) {
 	}
 	// Listed last: the fake lists in name order.
 	const own = "zz-self"
-	objs = append(objs, makeNode(own, map[string]string{annBackendType: "vxlan", annBackendData: vxlanData}))
+	objs = append(objs, makeNode(own, map[string]string{annBackendType: "vxlan", annBackendData: vxlanData}, "10.244.1.0/24"))
 	for round := range 5 {
 		c := newFakeCluster(t, objs...)
 		s, peers := startSource(t, c, Config{NodeName: own})
@@ -324,8 +324,11 @@ func TestSourcePreviousAttrs(t *testing.T) {
 		name string
 		own  *v1.Node // nil: the node does not exist
 		want *subnet.LeaseAttrs
+		// waits: the lease (podCIDR) is not known yet, so PreviousAttrs
+		// waits for it (the device must not be created before).
+		waits bool
 	}{
-		{name: "no node", own: nil, want: nil},
+		{name: "no node", own: nil, waits: true},
 		{name: "node without annotations", own: makeNode(ownName, nil, "10.244.1.0/24"), want: nil},
 		{name: "node without backend-type", own: makeNode(ownName, map[string]string{annBackendData: vxlanData}, "10.244.1.0/24"), want: nil},
 		{
@@ -336,9 +339,9 @@ func TestSourcePreviousAttrs(t *testing.T) {
 		{
 			// Only the backend's identity matters; a bad annotation
 			// elsewhere must not lose it.
-			name: "previous run, podCIDR gone",
-			own:  makeNode(ownName, managedAnn("192.168.100.11")),
-			want: &subnet.LeaseAttrs{BackendType: "vxlan", BackendData: json.RawMessage(vxlanData)},
+			name:  "previous run, podCIDR gone",
+			own:   makeNode(ownName, managedAnn("192.168.100.11")),
+			waits: true,
 		},
 		{
 			name: "previous run, malformed public-ip",
@@ -360,9 +363,19 @@ func TestSourcePreviousAttrs(t *testing.T) {
 			}
 			c := newFakeCluster(t, objs...)
 			s, _ := startSource(t, c, Config{})
-			ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+			timeout := waitTimeout
+			if tt.waits {
+				timeout = 500 * time.Millisecond
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
 			defer cancel()
 			got, err := s.PreviousAttrs(ctx)
+			if tt.waits {
+				if !errors.Is(err, context.DeadlineExceeded) {
+					t.Fatalf("PreviousAttrs = %v, %v; want it to wait for the podCIDR", got, err)
+				}
+				return
+			}
 			if err != nil {
 				t.Fatalf("PreviousAttrs: %v", err)
 			}
