@@ -73,7 +73,7 @@ func Run(ctx context.Context, o Options) error {
 
 	be, err := Backends().New(backend.Params{Config: cfg, ExtIface: ext, Handle: h, Reach: ip.KernelReachability{H: h}})
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: %w", src.configOrigin, err)
 	}
 
 	status := health.NewStatus(3*o.Resync + time.Minute)

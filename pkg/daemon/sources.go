@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -19,6 +20,8 @@ import (
 type leaseSource struct {
 	subnet.Source
 	config *subnet.Config
+	// configOrigin names where config came from, for error messages.
+	configOrigin string
 	// nodeName names this node in logs.
 	nodeName string
 	// event posts an Event on this node (Kubernetes only).
@@ -78,6 +81,7 @@ func openKube(ctx context.Context, o Options, m *metrics.Metrics) (*leaseSource,
 	return &leaseSource{
 		Source:       src,
 		config:       cfg,
+		configOrigin: o.NetConfigPath,
 		nodeName:     nodeName,
 		event:        src.Event,
 		withExternal: func(*ip.ExternalInterface) {},
@@ -121,6 +125,7 @@ func openEtcd(ctx context.Context, o Options, m *metrics.Metrics) (*leaseSource,
 	}
 	ls.Source, ls.errs, ls.close = src, src.Errors(), func() { _ = src.Close() }
 	klog.InfoS("Reading the network configuration from etcd", "endpoints", o.EtcdEndpoints, "prefix", o.EtcdPrefix)
+	ls.configOrigin = "etcd key " + strings.TrimSuffix(o.EtcdPrefix, "/") + "/config"
 	if ls.config, err = src.NetworkConfig(ctx); err != nil {
 		src.Close()
 		return nil, err
