@@ -25,15 +25,28 @@ type choice struct {
 	subnet netip.Prefix
 	// reuse is the existing key to take back (same public IP), if any.
 	reuse *existing
+	// stale are this host's leases (same public IP, bound to an etcd
+	// lease) that no longer fit the network configuration, e.g. after
+	// Network changed: they are deleted when the new lease is written.
+	stale []*existing
 }
 
 // chooseSubnet picks this host's subnet: the lease (or reservation) that
-// has its public IP, else the subnet from its previous subnet.env if free
-// and in range, else a random free subnet in [SubnetMin, SubnetMax].
+// has its public IP, if it fits the configuration, else the subnet from its
+// previous subnet.env if free and in range, else a random free subnet in
+// [SubnetMin, SubnetMax].
 func chooseSubnet(c *subnet.Config, all []existing, publicIP netip.Addr, previous netip.Prefix, rng *rand.Rand) (choice, error) {
+	var stale []*existing
 	for i := range all {
-		if e := &all[i]; publicIP.IsValid() && e.lease.Attrs.PublicIP == publicIP && e.lease.Subnet.IsValid() {
+		e := &all[i]
+		if !publicIP.IsValid() || e.lease.Attrs.PublicIP != publicIP || !e.lease.Subnet.IsValid() {
+			continue
+		}
+		if fits(c, e.lease.Subnet) {
 			return choice{subnet: e.lease.Subnet, reuse: e}, nil
+		}
+		if !e.reserved {
+			stale = append(stale, e)
 		}
 	}
 	// Leases of the configured length are looked up in a set; others
@@ -60,8 +73,8 @@ func chooseSubnet(c *subnet.Config, all []existing, publicIP netip.Addr, previou
 	}
 	if previous.IsValid() {
 		previous = previous.Masked()
-		if previous.Bits() == c.SubnetLen && inRange(c, previous) && !taken(previous) {
-			return choice{subnet: previous}, nil
+		if fits(c, previous) && !taken(previous) {
+			return choice{subnet: previous, stale: stale}, nil
 		}
 	}
 	var free []netip.Prefix
@@ -78,7 +91,13 @@ func chooseSubnet(c *subnet.Config, all []existing, publicIP netip.Addr, previou
 	if len(free) == 0 {
 		return choice{}, ErrOutOfSubnets
 	}
-	return choice{subnet: free[rng.IntN(len(free))]}, nil
+	return choice{subnet: free[rng.IntN(len(free))], stale: stale}, nil
+}
+
+// fits reports whether sn is a subnet this configuration hands out: of
+// SubnetLen, in [SubnetMin, SubnetMax].
+func fits(c *subnet.Config, sn netip.Prefix) bool {
+	return sn.Bits() == c.SubnetLen && sn.Masked() == sn && inRange(c, sn)
 }
 
 func inRange(c *subnet.Config, p netip.Prefix) bool {

@@ -13,6 +13,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"k8s.io/klog/v2"
 
 	"github.com/flanneld/flanneld/subnet"
@@ -20,6 +22,9 @@ import (
 
 // DefaultTTL is how long a lease lives without renewal, as upstream.
 const DefaultTTL = 24 * time.Hour
+
+// reconnectMaxDelay bounds the wait between attempts to reconnect to etcd.
+const reconnectMaxDelay = 3 * time.Second
 
 // Config configures the etcd lease source.
 type Config struct {
@@ -44,7 +49,8 @@ type Config struct {
 // Source is the etcd lease source.
 type Source struct {
 	cfg Config
-	cli *clientv3.Client
+	cc  clientv3.Config
+	cli *clientv3.Client // nil until connect when credentials are given
 	net *subnet.Config
 	rng *rand.Rand
 
@@ -74,6 +80,12 @@ func New(cfg Config) (*Source, error) {
 		DialKeepAliveTimeout: 10 * time.Second,
 		Username:             cfg.Username,
 		Password:             cfg.Password,
+		// gRPC's default reconnect backoff grows to 120 s, so after an
+		// outage flanneld could notice etcd's return minutes late; cap it.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: time.Second, Multiplier: 1.6, Jitter: 0.2, MaxDelay: reconnectMaxDelay},
+			MinConnectTimeout: 5 * time.Second,
+		})},
 	}
 	if cfg.KeyFile != "" || cfg.CertFile != "" || cfg.CAFile != "" {
 		info := transport.TLSInfo{CertFile: cfg.CertFile, KeyFile: cfg.KeyFile, TrustedCAFile: cfg.CAFile}
@@ -83,18 +95,50 @@ func New(cfg Config) (*Source, error) {
 		}
 		cc.TLS = tc
 	}
-	cli, err := clientv3.New(cc)
-	if err != nil {
-		return nil, fmt.Errorf("etcd client for %s: %w", strings.Join(cfg.Endpoints, ","), err)
-	}
-	return &Source{
+	s := &Source{
 		cfg:    cfg,
-		cli:    cli,
+		cc:     cc,
 		rng:    rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 		synced: make(chan struct{}),
 		lost:   make(chan struct{}, 1),
 		errs:   make(chan error, 1),
-	}, nil
+	}
+	if cfg.Username == "" && cfg.Password == "" {
+		// Without credentials the client connects in the background.
+		cli, err := clientv3.New(cc)
+		if err != nil {
+			return nil, fmt.Errorf("etcd client for %s: %w", strings.Join(cfg.Endpoints, ","), err)
+		}
+		s.cli = cli
+	}
+	return s, nil
+}
+
+// connect creates the client when New could not: with credentials,
+// clientv3.New authenticates at once, so it waits here (with NetworkConfig's
+// retries) while etcd is unreachable instead of failing at start.
+func (s *Source) connect(ctx context.Context) error {
+	s.mu.Lock()
+	connected := s.cli != nil
+	s.mu.Unlock()
+	if connected {
+		return nil
+	}
+	return retry(ctx, "connect", func(ctx context.Context) error {
+		// Not bound to ctx (which ends with this attempt): New gives
+		// up after DialTimeout by itself.
+		cli, err := clientv3.New(s.cc)
+		if err != nil {
+			if isPermanent(err) {
+				return permanentError{fmt.Errorf("etcd refused the credentials of user %q: %w", s.cfg.Username, err)}
+			}
+			return fmt.Errorf("etcd client for %s: %w", strings.Join(s.cfg.Endpoints, ","), err)
+		}
+		s.mu.Lock()
+		s.cli = cli
+		s.mu.Unlock()
+		return nil
+	})
 }
 
 // SetPublicIP sets the address this host's existing lease is found by; it
@@ -102,7 +146,14 @@ func New(cfg Config) (*Source, error) {
 func (s *Source) SetPublicIP(a netip.Addr) { s.cfg.PublicIP = a }
 
 // Close closes the etcd client.
-func (s *Source) Close() error { return s.cli.Close() }
+func (s *Source) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cli == nil {
+		return nil
+	}
+	return s.cli.Close()
+}
 
 // Errors reports a failure the source cannot recover from (this host's
 // subnet was taken by another host while its lease was lost).
@@ -151,6 +202,9 @@ func isPermanent(err error) bool {
 // NetworkConfig reads and validates <prefix>/config, waiting while etcd is
 // unreachable.
 func (s *Source) NetworkConfig(ctx context.Context) (*subnet.Config, error) {
+	if err := s.connect(ctx); err != nil {
+		return nil, err
+	}
 	var data []byte
 	err := retry(ctx, "get network config", func(ctx context.Context) error {
 		resp, err := s.cli.Get(ctx, s.configKey())
@@ -184,6 +238,9 @@ func (s *Source) NetworkConfig(ctx context.Context) (*subnet.Config, error) {
 // Start implements subnet.Source: it lists the leases, then watches them
 // from that revision, listing again after a compaction or a broken watch.
 func (s *Source) Start(ctx context.Context, peers *subnet.Peers) error {
+	if s.net == nil {
+		return errors.New("etcd source: NetworkConfig must be read first")
+	}
 	s.peers = peers
 	go s.watchLeases(ctx, peers)
 	return nil
@@ -257,14 +314,19 @@ func (s *Source) watchFrom(ctx context.Context, rev int64, peers *subnet.Peers, 
 	}
 }
 
-func (s *Source) isOwn(name string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// isOwnLocked reports whether name is this host's lease key; s.mu is held.
+func (s *Source) isOwnLocked(name string) bool {
 	return s.ownKey != "" && name == strings.TrimPrefix(s.ownKey, s.subnetsKey())
 }
 
+// applyPut and applyDelete hold s.mu while they check the key's owner and
+// update peers, so that acquire (which takes a key and removes it from
+// peers under s.mu) cannot interleave: a watch event for the key being
+// acquired is applied either entirely before, or entirely after.
 func (s *Source) applyPut(name string, data []byte, peers *subnet.Peers) {
-	if s.isOwn(name) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.isOwnLocked(name) {
 		return
 	}
 	l, err := leaseFromKV(name, data)
@@ -277,7 +339,9 @@ func (s *Source) applyPut(name string, data []byte, peers *subnet.Peers) {
 }
 
 func (s *Source) applyDelete(name string, peers *subnet.Peers) {
-	if s.isOwn(name) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.isOwnLocked(name) {
 		select {
 		case s.lost <- struct{}{}:
 		default:
@@ -404,9 +468,18 @@ func (s *Source) acquire(ctx context.Context, attrs subnet.LeaseAttrs, previous 
 			id = grant.ID
 			opts = append(opts, clientv3.WithLease(id))
 		}
+		conds := []clientv3.Cmp{cond}
+		ops := []clientv3.Op{clientv3.OpPut(key, string(value), opts...)}
+		for _, e := range ch.stale {
+			staleKey := s.subnetsKey() + e.lease.Name
+			klog.InfoS("Deleting this host's lease that does not fit the network configuration",
+				"key", staleKey, "network", s.net.Network, "subnetLen", s.net.SubnetLen)
+			conds = append(conds, clientv3.Compare(clientv3.ModRevision(staleKey), "=", revs[e.lease.Name]))
+			ops = append(ops, clientv3.OpDelete(staleKey))
+		}
 		var ok bool
 		err = retry(ctx, "write lease", func(ctx context.Context) error {
-			resp, err := s.cli.Txn(ctx).If(cond).Then(clientv3.OpPut(key, string(value), opts...)).Commit()
+			resp, err := s.cli.Txn(ctx).If(conds...).Then(ops...).Commit()
 			if err == nil {
 				ok = resp.Succeeded
 			}
@@ -425,10 +498,10 @@ func (s *Source) acquire(ctx context.Context, attrs subnet.LeaseAttrs, previous 
 		l := subnet.Lease{Name: name, Subnet: ch.subnet, Attrs: attrs}
 		s.mu.Lock()
 		s.own, s.ownKey, s.leaseID = l, key, id
-		s.mu.Unlock()
 		if s.peers != nil {
 			s.peers.Delete(name) // listed before it was known to be ours
 		}
+		s.mu.Unlock()
 		how := "new"
 		switch {
 		case ch.reuse != nil && ch.reuse.reserved:
@@ -436,7 +509,7 @@ func (s *Source) acquire(ctx context.Context, attrs subnet.LeaseAttrs, previous 
 		case ch.reuse != nil:
 			how = "renewed"
 		case ch.subnet == previous:
-			how = "from subnet file"
+			how = "previous subnet" // from the subnet file, or held before the key was lost
 		}
 		klog.InfoS("Acquired etcd lease", "key", key, "subnet", ch.subnet, "how", how, "ttl", s.cfg.TTL)
 		s.reportExpiry(id)

@@ -61,11 +61,14 @@ func parseKeyName(name string) (v4, v6 netip.Prefix, err error) {
 		if err != nil {
 			return v4, v6, err
 		}
+		family := &v6
 		if p.Addr().Is4() {
-			v4 = p
-		} else {
-			v6 = p
+			family = &v4
 		}
+		if family.IsValid() {
+			return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("lease key %q names two subnets of one family", name)
+		}
+		*family = p
 	}
 	if !v4.IsValid() && !v6.IsValid() {
 		return v4, v6, fmt.Errorf("lease key %q names no subnet", name)
