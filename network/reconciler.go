@@ -91,8 +91,9 @@ func NewReconciler(k kernel.Interface) *Reconciler {
 type table[K comparable, V comparable] struct {
 	kind    string
 	desired map[K]V
-	// refs counts the peers that want each desired key; an entry stays
-	// desired until the last of them lets go.
+	// refs counts the peers that want a desired key, for the rare keys
+	// wanted more than once (absent means once); an entry stays desired
+	// until the last of them lets go.
 	refs    map[K]int
 	applied map[K]V
 	dirty   map[K]struct{}
@@ -107,18 +108,25 @@ func newTable[K comparable, V comparable](kind string, set, del func(V) error, l
 }
 
 func (t *table[K, V]) want(k K, v V) {
-	t.refs[k]++
-	if cur, ok := t.desired[k]; !ok || cur != v {
+	cur, ok := t.desired[k]
+	if ok {
+		t.refs[k] = max(t.refs[k], 1) + 1
+	}
+	if !ok || cur != v {
 		t.desired[k] = v
 		t.dirty[k] = struct{}{}
 	}
 }
 
 func (t *table[K, V]) unwant(k K) {
-	if t.refs[k]--; t.refs[k] > 0 {
+	if n, ok := t.refs[k]; ok {
+		if n > 2 {
+			t.refs[k] = n - 1
+		} else {
+			delete(t.refs, k)
+		}
 		return
 	}
-	delete(t.refs, k)
 	if _, ok := t.desired[k]; ok {
 		delete(t.desired, k)
 		t.dirty[k] = struct{}{}

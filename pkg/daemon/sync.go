@@ -55,13 +55,12 @@ type syncLoop struct {
 	// something flanneld owns changed.
 	drift chan struct{}
 
-	// leases are all current peer leases; states the desired state of
-	// each programmed peer, recomputed only when its lease changes;
-	// overlapping the peers skipped because their subnet overlaps a
-	// programmed peer's, re-examined whenever a peer goes away.
-	leases      map[string]subnet.Lease
+	// states is the desired state of each programmed peer, recomputed only
+	// when its lease changes; overlapping holds the leases of the peers
+	// skipped because their subnet overlaps a programmed peer's,
+	// re-examined whenever a peer goes away.
 	states      map[string]peerEntry
-	overlapping map[string]bool
+	overlapping map[string]subnet.Lease
 	index       *subnetIndex // the subnets of the programmed peers
 	base        network.State
 	// started is set after the first successful pass: peers added before
@@ -84,9 +83,8 @@ func newSyncLoop(be backend.Backend, rec *network.Reconciler, peers *subnet.Peer
 		onReady:     func() {},
 		event:       func(bool, string, string) {},
 		drift:       make(chan struct{}, 1),
-		leases:      map[string]subnet.Lease{},
 		states:      map[string]peerEntry{},
-		overlapping: map[string]bool{},
+		overlapping: map[string]subnet.Lease{},
 		index:       newSubnetIndex(),
 		owned:       be.Base().OwnedLinks,
 	}
@@ -188,8 +186,9 @@ func (l *syncLoop) run(ctx context.Context) {
 		for k, n := range res.Kinds {
 			l.metrics.DriftRepairs.WithLabelValues(k).Add(float64(n))
 		}
-		l.metrics.PeersKnown.Set(float64(len(l.leases)))
-		l.metrics.PeersSkipped.Set(float64(len(l.leases) - len(l.states)))
+		known := l.peers.Len()
+		l.metrics.PeersKnown.Set(float64(known))
+		l.metrics.PeersSkipped.Set(float64(known - len(l.states)))
 		if err != nil {
 			fail("Sync", err)
 			continue
@@ -287,19 +286,17 @@ func (l *syncLoop) drain() bool {
 				removed = true
 			}
 			l.dropState(name)
-			delete(l.leases, name)
 			delete(l.overlapping, name)
 			continue
 		}
-		if old, ok := l.leases[name]; ok && old.Subnet != lease.Subnet {
+		if old, ok := l.states[name]; ok && old.subnet != lease.Subnet {
 			removed = true // its old subnet may have blocked another peer
 		}
-		l.leases[name] = *lease
 		l.update(*lease)
 	}
 	if removed {
 		for _, name := range slices.Sorted(maps.Keys(l.overlapping)) {
-			l.update(l.leases[name])
+			l.update(l.overlapping[name])
 		}
 	}
 	return synced
@@ -330,7 +327,8 @@ func (l *syncLoop) update(lease subnet.Lease) {
 	name := lease.Name
 	st, err := l.peerState(lease)
 	if err != nil {
-		if _, ok := l.states[name]; ok || !l.overlapping[name] {
+		_, programmed := l.states[name]
+		if _, wasOverlapping := l.overlapping[name]; programmed || !wasOverlapping {
 			klog.InfoS("Skipping peer", "node", name, "reason", err.Error())
 			reason := "PeerSkipped"
 			if errors.Is(err, backend.ErrUnreachable) {
@@ -340,7 +338,7 @@ func (l *syncLoop) update(lease subnet.Lease) {
 		}
 		l.dropState(name)
 		if _, ok := err.(*overlapError); ok {
-			l.overlapping[name] = true
+			l.overlapping[name] = lease
 		} else {
 			delete(l.overlapping, name)
 		}

@@ -32,6 +32,12 @@ type LinkEvent struct {
 	Deleted bool
 }
 
+// socketBuffer is the receive buffer of the notification sockets: large
+// enough for the notifications of programming thousands of peers at once,
+// so the kernel does not drop them (forced past net.core.rmem_max, which
+// needs CAP_NET_ADMIN, which flanneld has).
+const socketBuffer = 16 << 20
+
 // eventBuffer is large enough that flanneld's own bursts of changes (one
 // neighbour, FDB entry and route per peer) do not make the kernel drop
 // notifications while the receiver is busy.
@@ -70,15 +76,15 @@ func subscribeOnce(ctx context.Context, fn func(Event)) {
 	routes := make(chan netlink.RouteUpdate, eventBuffer)
 	neighs := make(chan netlink.NeighUpdate, eventBuffer)
 	links := make(chan netlink.LinkUpdate, eventBuffer)
-	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{ErrorCallback: onErr}); err != nil {
+	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{ErrorCallback: onErr, ReceiveBufferSize: socketBuffer, ReceiveBufferForceSize: true}); err != nil {
 		klog.ErrorS(err, "Subscribe to route changes")
 		return
 	}
-	if err := netlink.NeighSubscribeWithOptions(neighs, done, netlink.NeighSubscribeOptions{ErrorCallback: onErr}); err != nil {
+	if err := netlink.NeighSubscribeWithOptions(neighs, done, netlink.NeighSubscribeOptions{ErrorCallback: onErr, ReceiveBufferSize: socketBuffer, ReceiveBufferForceSize: true}); err != nil {
 		klog.ErrorS(err, "Subscribe to neighbour changes")
 		return
 	}
-	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{ErrorCallback: onErr}); err != nil {
+	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{ErrorCallback: onErr, ReceiveBufferSize: socketBuffer, ReceiveBufferForceSize: true}); err != nil {
 		klog.ErrorS(err, "Subscribe to link changes")
 		return
 	}
