@@ -64,6 +64,16 @@ e2e: build lab-binaries
 bench-datapath: deps build lab-binaries
 	FLANNELD_BENCH=1 $(GO) test -count=1 -timeout 30m -v -run '^TestDatapath$$' ./bench/datapath
 
+# Scale benchmark (as root): flanneld (vxlan) on one node against the lab's
+# kube-apiserver with N = 1,000, 5,000 and 10,000 kubelet-sized peer Nodes;
+# start-to-programmed time against the floor (one protobuf LIST + one
+# ip/bridge -batch), 100 peers added and removed, peak RSS, CPU; see
+# Documentation/scale.md. FLANNELD_BENCH_SCALE_N (e.g. 1000) picks the
+# sizes. Never part of `make test`.
+.PHONY: bench-scale
+bench-scale: deps build lab-binaries
+	FLANNELD_BENCH=1 $(GO) test -count=1 -timeout 90m -v -run '^TestScale$$' ./bench/scale
+
 BACKEND ?= vxlan
 
 # A three-node cluster in network namespaces, shown and torn down.
