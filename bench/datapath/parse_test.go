@@ -42,11 +42,15 @@ func TestParseQperfLatency(t *testing.T) {
 func TestPrintTable(t *testing.T) {
 	var b bytes.Buffer
 	printTable(&b, []row{
-		{backend: "vxlan", podGbps: 30, underGbps: 40, podLatUS: 20, underLatUS: 16},
+		{backend: "vxlan", podGbps: []float64{30, 28, 10}, underGbps: []float64{40, 39, 38}, podLatUS: []float64{20, 25, 90}, underLatUS: []float64{16, 17, 19}},
 		{backend: "udp", err: errors.New("flanneld on udp-a: not ready\nlog tail")},
-	}, settings{throughput: 10 * time.Second, latency: 5 * time.Second})
+	}, settings{throughput: 10 * time.Second, latency: 5 * time.Second, rounds: 3})
 	out := b.String()
-	for _, want := range []string{"vxlan", "30.00", "40.00", "0.75", "20.0", "16.0", "1.25", "udp", "failed: udp: flanneld on udp-a: not ready\n"} {
+	for _, want := range []string{
+		"best run", "vxlan       30.00            40.00   0.75            20.0                 16.0   1.25",
+		"median run", "vxlan       28.00            39.00   0.72            25.0                 17.0   1.47",
+		"udp", "failed: udp: flanneld on udp-a: not ready\n",
+	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}
@@ -57,8 +61,9 @@ func TestSettingsFromEnv(t *testing.T) {
 	t.Setenv(envBackends, " vxlan, udp ,")
 	t.Setenv(envSeconds, "6")
 	t.Setenv(envRounds, "5")
+	t.Setenv(envAwake, "0")
 	s := settingsFromEnv(t)
-	if strings.Join(s.backends, ",") != "vxlan,udp" || s.throughput != 6*time.Second || s.latency != 3*time.Second || s.rounds != 5 {
+	if strings.Join(s.backends, ",") != "vxlan,udp" || s.throughput != 6*time.Second || s.latency != 3*time.Second || s.rounds != 5 || s.awake {
 		t.Errorf("settings = %+v", s)
 	}
 }
@@ -69,5 +74,16 @@ func TestMedian(t *testing.T) {
 	}
 	if got := median([]float64{4, 1, 3, 2}); got != 2.5 {
 		t.Errorf("median of 4 = %v", got)
+	}
+}
+
+func TestByHandNames(t *testing.T) {
+	for name, want := range map[string]string{"by-hand-vxlan": "vxlan", "by-hand-host-gw-bare": "host-gw-bare"} {
+		if kind, ok := isByHand(name); !ok || kind != want {
+			t.Errorf("isByHand(%q) = %q, %v; want %q", name, kind, ok, want)
+		}
+	}
+	if _, ok := isByHand("host-gw"); ok {
+		t.Error(`isByHand("host-gw") is true`)
 	}
 }

@@ -14,9 +14,10 @@ import (
 
 // Fixed addresses of the underlay network.
 var (
-	underlayPrefix = netip.MustParsePrefix("192.168.100.0/24")
-	// UnderlayGateway is the nodes' default gateway. Nobody has it: it only
-	// exists so that flanneld's default-interface selection finds eth0.
+	// UnderlayGateway is the default gateway of Segment1's nodes. Nobody
+	// has it until the lab is routed (AddRouter), when the router takes it;
+	// before that it only exists so that flanneld's default-interface
+	// selection finds eth0.
 	UnderlayGateway = netip.MustParseAddr("192.168.100.1")
 	// ControlPlaneIP is the address of kube-apiserver.
 	ControlPlaneIP = netip.MustParseAddr("192.168.100.2")
