@@ -61,34 +61,7 @@ func NewBare(t testing.TB) *Lab {
 // forwarding on) without a Node object: a bare host.
 func (l *Lab) AddBareNode(t testing.TB, name string) *Node {
 	t.Helper()
-	l.mu.Lock()
-	index := len(l.nodes)
-	n := &Node{
-		Name:    name,
-		Netns:   netnsName(l.runID, name),
-		IP:      Segment1.Host(firstNodeHost + index),
-		Segment: Segment1,
-		Dir:     filepath.Join(l.dir, "nodes", name),
-		lab:     l,
-		nextPod: 2,
-	}
-	n.SubnetFile = filepath.Join(n.Dir, "subnet.env")
-	l.nodes = append(l.nodes, n)
-	l.mu.Unlock()
-
-	if err := os.MkdirAll(n.Dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.attachToSegment(n.Netns, ifName("v-"+name, fmt.Sprintf("v-node%d", index)), Segment1, n.IP); err != nil {
-		t.Fatalf("creating node %s: %v", name, err)
-	}
-	if _, err := runIP("-n", n.Netns, "route", "add", "default", "via", Segment1.Gateway().String(), "dev", "eth0"); err != nil {
-		t.Fatalf("creating node %s: %v", name, err)
-	}
-	if _, err := Exec(n.Netns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"); err != nil {
-		t.Fatalf("creating node %s: %v", name, err)
-	}
-	return n
+	return l.addNodeNamespace(t, Segment1, name)
 }
 
 // EtcdOptions configures StartEtcd.

@@ -35,7 +35,6 @@ type Node struct {
 
 	lab      *Lab
 	flanneld *Process
-	nextPod  int
 }
 
 // AddNode creates a node namespace (eth0 at 192.168.100.11, .12, ... with a
@@ -44,6 +43,40 @@ type Node struct {
 func (l *Lab) AddNode(t testing.TB, name, podCIDR string) *Node {
 	t.Helper()
 	return l.AddNodeOn(t, Segment1, name, podCIDR)
+}
+
+// addNodeNamespace creates a node's namespace on segment seg: eth0 at the
+// next host address, a default route via the segment's gateway, IPv4
+// forwarding on, and its scratch directory.
+func (l *Lab) addNodeNamespace(t testing.TB, seg Segment, name string) *Node {
+	t.Helper()
+	l.mu.Lock()
+	index := len(l.nodes)
+	n := &Node{
+		Name:    name,
+		Netns:   netnsName(l.runID, name),
+		IP:      seg.Host(firstNodeHost + index),
+		Segment: seg,
+		Dir:     filepath.Join(l.dir, "nodes", name),
+		lab:     l,
+	}
+	n.SubnetFile = filepath.Join(n.Dir, "subnet.env")
+	l.nodes = append(l.nodes, n)
+	l.mu.Unlock()
+
+	if err := os.MkdirAll(n.Dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.attachToSegment(n.Netns, ifName("v-"+name, fmt.Sprintf("v-node%d", index)), seg, n.IP); err != nil {
+		t.Fatalf("creating node %s: %v", name, err)
+	}
+	if _, err := runIP("-n", n.Netns, "route", "add", "default", "via", seg.Gateway().String(), "dev", "eth0"); err != nil {
+		t.Fatalf("creating node %s: %v", name, err)
+	}
+	if _, err := Exec(n.Netns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"); err != nil {
+		t.Fatalf("creating node %s: %v", name, err)
+	}
+	return n
 }
 
 // AddNodeOn is AddNode on the given underlay segment: the k-th node of the
@@ -58,35 +91,8 @@ func (l *Lab) AddNodeOn(t testing.TB, seg Segment, name, podCIDR string) *Node {
 	if seg != Segment1 {
 		l.AddRouter(t)
 	}
-	l.mu.Lock()
-	index := len(l.nodes)
-	n := &Node{
-		Name:    name,
-		Netns:   netnsName(l.runID, name),
-		IP:      seg.Host(firstNodeHost + index),
-		Segment: seg,
-		PodCIDR: podCIDR,
-		Dir:     filepath.Join(l.dir, "nodes", name),
-		lab:     l,
-		nextPod: 2,
-	}
-	n.SubnetFile = filepath.Join(n.Dir, "subnet.env")
-	l.nodes = append(l.nodes, n)
-	l.mu.Unlock()
-
-	if err := os.MkdirAll(n.Dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-
-	if err := l.attachToSegment(n.Netns, ifName("v-"+name, fmt.Sprintf("v-node%d", index)), seg, n.IP); err != nil {
-		t.Fatalf("creating node %s: %v", name, err)
-	}
-	if _, err := runIP("-n", n.Netns, "route", "add", "default", "via", seg.Gateway().String(), "dev", "eth0"); err != nil {
-		t.Fatalf("creating node %s: %v", name, err)
-	}
-	if _, err := Exec(n.Netns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"); err != nil {
-		t.Fatalf("creating node %s: %v", name, err)
-	}
+	n := l.addNodeNamespace(t, seg, name)
+	n.PodCIDR = podCIDR
 	if err := l.createNodeObject(n); err != nil {
 		t.Fatalf("creating Node %s: %v", name, err)
 	}
