@@ -24,7 +24,8 @@ func TestDiagnoseCommandLine(t *testing.T) {
 		{name: "stray argument", args: []string{"diagnose", "now"}, code: 2, stderr: "unexpected arguments: now", noStdout: true},
 		{name: "bad daemon option", args: []string{"diagnose", "--kube-subnet-mgr", "--iptables-resync=0"}, code: 2,
 			stderr: "--iptables-resync must be at least 1", noStdout: true},
-		{name: "etcd mode", args: []string{"diagnose", "--json"}, code: 2, stderr: "Kubernetes mode only", noStdout: true},
+		// etcd mode reads the same etcd as the daemon: a bad TLS file fails at once.
+		{name: "etcd mode", args: []string{"diagnose", "--json", "--etcd-cafile=/nonexistent/ca.pem"}, code: 2, stderr: "/nonexistent/ca.pem", noStdout: true},
 		// The daemon's FLANNELD_* variables apply; diagnose's own flags do not come from the environment.
 		{name: "environment", args: []string{"diagnose"}, env: []string{"FLANNELD_KUBE_SUBNET_MGR=true",
 			"FLANNELD_NET_CONFIG_PATH=/nonexistent/net-conf.json", "FLANNELD_JSON=notabool"}, code: 2,

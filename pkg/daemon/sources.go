@@ -92,23 +92,13 @@ func openKube(ctx context.Context, o Options, m *metrics.Metrics) (*leaseSource,
 // openEtcd is the etcd lease source: the network config at <prefix>/config,
 // leases under <prefix>/subnets/.
 func openEtcd(ctx context.Context, o Options, m *metrics.Metrics) (*leaseSource, error) {
-	cfg := etcd.Config{
-		Endpoints:   o.EtcdEndpoints,
-		Prefix:      o.EtcdPrefix,
-		KeyFile:     o.EtcdKeyfile,
-		CertFile:    o.EtcdCertfile,
-		CAFile:      o.EtcdCAFile,
-		Username:    o.EtcdUsername,
-		Password:    o.EtcdPassword,
-		RenewMargin: time.Duration(o.SubnetLeaseRenewMargin) * time.Minute,
-		SubnetFile:  o.SubnetFile,
-		OnExpiry: func(t time.Time) {
-			if t.IsZero() {
-				m.LeaseExpiry.Set(0)
-			} else {
-				m.LeaseExpiry.Set(float64(t.Unix()))
-			}
-		},
+	cfg := o.EtcdConfig()
+	cfg.OnExpiry = func(t time.Time) {
+		if t.IsZero() {
+			m.LeaseExpiry.Set(0)
+		} else {
+			m.LeaseExpiry.Set(float64(t.Unix()))
+		}
 	}
 	// The public IP is set once the external interface is known.
 	var src *etcd.Source
@@ -135,4 +125,20 @@ func openEtcd(ctx context.Context, o Options, m *metrics.Metrics) (*leaseSource,
 		return nil, err
 	}
 	return ls, nil
+}
+
+// EtcdConfig is the etcd lease source's configuration from the options
+// (shared with `flanneld diagnose`).
+func (o *Options) EtcdConfig() etcd.Config {
+	return etcd.Config{
+		Endpoints:   o.EtcdEndpoints,
+		Prefix:      o.EtcdPrefix,
+		KeyFile:     o.EtcdKeyfile,
+		CertFile:    o.EtcdCertfile,
+		CAFile:      o.EtcdCAFile,
+		Username:    o.EtcdUsername,
+		Password:    o.EtcdPassword,
+		RenewMargin: time.Duration(o.SubnetLeaseRenewMargin) * time.Minute,
+		SubnetFile:  o.SubnetFile,
+	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/flanneld/flanneld/pkg/daemon"
 	"github.com/flanneld/flanneld/pkg/kernel"
 	"github.com/flanneld/flanneld/subnet"
+	"github.com/flanneld/flanneld/subnet/etcd"
 	"github.com/flanneld/flanneld/subnet/kube"
 )
 
@@ -70,10 +71,22 @@ func Collect(ctx context.Context, o daemon.Options, probe bool) (Inputs, func(),
 	if err := o.Validate(); err != nil {
 		return Inputs{}, noop, err
 	}
-	if !o.KubeSubnetMgr {
-		return Inputs{}, noop, errors.New("diagnose supports Kubernetes mode only: run it with --kube-subnet-mgr and the daemon's other flags")
+	apiCtx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
+	var (
+		cfg     *subnet.Config
+		etcdSrc *etcd.Source
+		err     error
+	)
+	if o.KubeSubnetMgr {
+		cfg, err = subnet.ReadConfigFile(o.NetConfigPath)
+	} else {
+		if etcdSrc, err = etcd.New(o.EtcdConfig()); err != nil {
+			return Inputs{}, noop, err
+		}
+		defer etcdSrc.Close()
+		cfg, err = etcdSrc.NetworkConfig(apiCtx)
 	}
-	cfg, err := subnet.ReadConfigFile(o.NetConfigPath)
 	if err != nil {
 		return Inputs{}, noop, err
 	}
@@ -111,35 +124,18 @@ func Collect(ctx context.Context, o daemon.Options, probe bool) (Inputs, func(),
 		Env:      EnvInput{Path: o.SubnetFile},
 	}
 	in.AttachErr = be.Attach()
-
-	client, err := kube.NewClient(o.KubeconfigFile, o.KubeAPIURL, "flanneld-diagnose/"+o.Version)
-	if err != nil {
-		return Inputs{}, noop, err
-	}
-	apiCtx, cancel := context.WithTimeout(ctx, apiTimeout)
-	defer cancel()
-	if in.Node, err = kube.NodeName(apiCtx, client); err != nil {
-		return Inputs{}, noop, err
-	}
-	leases, err := kube.ListLeases(apiCtx, client, o.KubeAnnotationPrefix, in.Node)
-	if err != nil {
-		return Inputs{}, noop, err
-	}
-	switch {
-	case leases.Own == nil:
-		return Inputs{}, noop, fmt.Errorf("node %s does not exist in the API (is NODE_NAME right?)", in.Node)
-	case leases.OwnErr != nil:
-		return Inputs{}, noop, fmt.Errorf("this node's lease: %w", leases.OwnErr)
-	}
-	in.Own, in.Peers, in.Skipped = *leases.Own, leases.Peers, leases.Skipped
-
 	if in.AttachErr == nil {
 		if in.Devices, err = readDevices(h, be.Base().OwnedLinks); err != nil {
 			return Inputs{}, noop, err
 		}
 	}
 	local := subnet.LeaseAttrs{PublicIP: ext.ExtAddr, BackendType: cfg.BackendType, BackendData: deviceData(cfg.BackendType, in.Devices)}
-	if in.Local, err = leases.Advertise(local, o.PublicIP != "", o.PublicIPv6 != ""); err != nil {
+	if etcdSrc != nil {
+		err = collectEtcdLeases(apiCtx, etcdSrc, ext, local, &in)
+	} else {
+		err = collectKubeLeases(apiCtx, o, local, &in)
+	}
+	if err != nil {
 		return Inputs{}, noop, err
 	}
 
@@ -159,6 +155,46 @@ func Collect(ctx context.Context, o daemon.Options, probe bool) (Inputs, func(),
 }
 
 // readDevices reads the backend's owned links.
+// collectKubeLeases reads this node's and its peers' leases from the Nodes.
+func collectKubeLeases(ctx context.Context, o daemon.Options, local subnet.LeaseAttrs, in *Inputs) error {
+	client, err := kube.NewClient(o.KubeconfigFile, o.KubeAPIURL, "flanneld-diagnose/"+o.Version)
+	if err != nil {
+		return err
+	}
+	if in.Node, err = kube.NodeName(ctx, client); err != nil {
+		return err
+	}
+	leases, err := kube.ListLeases(ctx, client, o.KubeAnnotationPrefix, in.Node)
+	if err != nil {
+		return err
+	}
+	switch {
+	case leases.Own == nil:
+		return fmt.Errorf("node %s does not exist in the API (is NODE_NAME right?)", in.Node)
+	case leases.OwnErr != nil:
+		return fmt.Errorf("this node's lease: %w", leases.OwnErr)
+	}
+	in.Own, in.Peers, in.Skipped = *leases.Own, leases.Peers, leases.Skipped
+	in.Local, err = leases.Advertise(local, o.PublicIP != "", o.PublicIPv6 != "")
+	return err
+}
+
+// collectEtcdLeases reads the leases from etcd: this host's is the one with
+// its public IP.
+func collectEtcdLeases(ctx context.Context, src *etcd.Source, ext *ip.ExternalInterface, local subnet.LeaseAttrs, in *Inputs) error {
+	src.SetPublicIP(ext.ExtAddr)
+	snap, err := src.ListLeases(ctx)
+	if err != nil {
+		return err
+	}
+	if snap.Own == nil {
+		return fmt.Errorf("no lease in etcd has this host's public IP %s (is flanneld running, with the same --iface/--public-ip?)", ext.ExtAddr)
+	}
+	in.Node = "host " + ext.ExtAddr.String()
+	in.Own, in.Peers, in.Skipped, in.Local = *snap.Own, snap.Peers, snap.Skipped, local
+	return nil
+}
+
 func readDevices(h *netlink.Handle, links []int) ([]Device, error) {
 	var out []Device
 	for _, idx := range links {
