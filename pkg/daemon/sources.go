@@ -93,6 +93,8 @@ func openKube(ctx context.Context, o Options, m *metrics.Metrics) (*leaseSource,
 // leases under <prefix>/subnets/.
 func openEtcd(ctx context.Context, o Options, m *metrics.Metrics) (*leaseSource, error) {
 	cfg := o.EtcdConfig()
+	cfg.OnWatchEvent = func(t string) { m.WatchEvents.WithLabelValues(t).Inc() }
+	cfg.OnSynced = m.LastWatchSync.SetToCurrentTime
 	cfg.OnExpiry = func(t time.Time) {
 		if t.IsZero() {
 			m.LeaseExpiry.Set(0)

@@ -44,6 +44,10 @@ type Config struct {
 	PublicIP netip.Addr
 	// OnExpiry, if set, is told the lease's expiry time whenever it changes.
 	OnExpiry func(time.Time)
+	// OnWatchEvent, if set, is called for every lease event ("add",
+	// "update", "delete"); OnSynced after every complete list.
+	OnWatchEvent func(eventType string)
+	OnSynced     func()
 }
 
 // Source is the etcd lease source.
@@ -274,6 +278,9 @@ func (s *Source) watchLeases(ctx context.Context, peers *subnet.Peers) {
 			return
 		}
 		peers.MarkSynced()
+		if s.cfg.OnSynced != nil {
+			s.cfg.OnSynced()
+		}
 		select {
 		case <-s.synced:
 		default:
@@ -304,13 +311,21 @@ func (s *Source) watchFrom(ctx context.Context, rev int64, peers *subnet.Peers, 
 			name := strings.TrimPrefix(string(ev.Kv.Key), s.subnetsKey())
 			switch ev.Type {
 			case clientv3.EventTypePut:
+				s.watchEvent(map[bool]string{true: "add", false: "update"}[ev.IsCreate()])
 				known[name] = true
 				s.applyPut(name, ev.Kv.Value, peers)
 			case clientv3.EventTypeDelete:
+				s.watchEvent("delete")
 				delete(known, name)
 				s.applyDelete(name, peers)
 			}
 		}
+	}
+}
+
+func (s *Source) watchEvent(t string) {
+	if s.cfg.OnWatchEvent != nil {
+		s.cfg.OnWatchEvent(t)
 	}
 }
 
