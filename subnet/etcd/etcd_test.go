@@ -18,6 +18,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/flanneld/flanneld/ip"
 	"github.com/flanneld/flanneld/subnet"
 )
 
@@ -172,8 +173,13 @@ func TestSourceAcquireRenewRestart(t *testing.T) {
 	// etcd lease, even with another subnet in its subnet file.
 	stop1()
 	s1.Close()
+	// The subnet file names a subnet other than the one l1 happened to get.
+	prev := netip.MustParsePrefix("10.244.200.0/24")
+	if l1.Subnet == prev {
+		prev = netip.MustParsePrefix("10.244.201.0/24")
+	}
 	envFile := filepath.Join(t.TempDir(), "subnet.env")
-	writeEnv(t, envFile, "10.244.0.0/16", "10.244.200.1/24")
+	writeEnv(t, envFile, "10.244.0.0/16", ip.FirstAddr(prev).String())
 	cfg.SubnetFile = envFile
 	s2 := newSource(t, e.adminProxy.addr(), cfg)
 	l2 := join(t, testContext(t), s2, ourIP)
@@ -189,8 +195,8 @@ func TestSourceAcquireRenewRestart(t *testing.T) {
 
 	// Another host without a lease takes back the subnet of its subnet file.
 	s3 := newSource(t, e.adminProxy.addr(), cfg)
-	if l3 := join(t, testContext(t), s3, otherIP); l3.Subnet != netip.MustParsePrefix("10.244.200.0/24") {
-		t.Errorf("new host with subnet.env of 10.244.200.0/24 got %s", l3.Subnet)
+	if l3 := join(t, testContext(t), s3, otherIP); l3.Subnet != prev {
+		t.Errorf("new host with subnet.env of %s got %s", prev, l3.Subnet)
 	}
 }
 
