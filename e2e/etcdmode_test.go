@@ -227,14 +227,7 @@ func TestEtcdModeCluster(t *testing.T) {
 
 	t.Run("iptables", func(t *testing.T) {
 		for _, h := range hosts {
-			want := expectedRules(h.subnet.String())
-			err := lab.Poll(convergeTimeout, func() error {
-				out, err := lab.Exec(h.node.Netns, "iptables-save")
-				if err != nil {
-					return err
-				}
-				return checkRules(parseIPTablesSave(out), want)
-			})
+			err := lab.Poll(convergeTimeout, func() error { return checkNodeRules(h.node.Netns, h.subnet.String()) })
 			if err != nil {
 				t.Errorf("%s: %v", h.node.Name, err)
 			}

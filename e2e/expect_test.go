@@ -3,6 +3,8 @@ package e2e
 import (
 	"fmt"
 	"strings"
+
+	"github.com/flanneld/flanneld/e2e/lab"
 )
 
 // What REFERENCE.md says a node running flanneld must show, for the lab's
@@ -48,6 +50,16 @@ func expectedRules(subnet string) map[string][]string {
 }
 
 // parseIPTablesSave returns the "-A ..." rules of each table, in order.
+// checkNodeRules checks that the iptables rules in netns ns are those of
+// REFERENCE section 6 for a node with the given subnet.
+func checkNodeRules(ns, subnet string) error {
+	out, err := lab.Exec(ns, "iptables-save")
+	if err != nil {
+		return err
+	}
+	return checkRules(parseIPTablesSave(out), expectedRules(subnet))
+}
+
 func parseIPTablesSave(out string) map[string][]string {
 	tables := map[string][]string{}
 	table := ""

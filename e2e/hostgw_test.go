@@ -73,14 +73,7 @@ func TestHostGWCluster(t *testing.T) {
 
 	t.Run("iptables", func(t *testing.T) {
 		for i, n := range nodes {
-			want := expectedRules(podCIDR(i + 1))
-			err := lab.Poll(convergeTimeout, func() error {
-				out, err := lab.Exec(n.Netns, "iptables-save")
-				if err != nil {
-					return err
-				}
-				return checkRules(parseIPTablesSave(out), want)
-			})
+			err := lab.Poll(convergeTimeout, func() error { return checkNodeRules(n.Netns, podCIDR(i+1)) })
 			if err != nil {
 				t.Errorf("%s: %v", n.Name, err)
 			}

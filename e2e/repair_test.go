@@ -218,13 +218,7 @@ func TestDriftRepair(t *testing.T) {
 	})
 
 	t.Run("iptables", func(t *testing.T) {
-		rulesOK := func() error {
-			out, err := lab.Exec(ns, "iptables-save")
-			if err != nil {
-				return err
-			}
-			return checkRules(parseIPTablesSave(out), expectedRules(podCIDR(1)))
-		}
+		rulesOK := func() error { return checkNodeRules(ns, podCIDR(1)) }
 		for _, c := range []struct {
 			name  string
 			steps [][]string

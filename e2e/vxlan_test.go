@@ -83,14 +83,7 @@ func TestVXLANCluster(t *testing.T) {
 
 	t.Run("iptables", func(t *testing.T) {
 		for i, n := range nodes {
-			want := expectedRules(podCIDR(i + 1))
-			err := lab.Poll(convergeTimeout, func() error {
-				out, err := lab.Exec(n.Netns, "iptables-save")
-				if err != nil {
-					return err
-				}
-				return checkRules(parseIPTablesSave(out), want)
-			})
+			err := lab.Poll(convergeTimeout, func() error { return checkNodeRules(n.Netns, podCIDR(i+1)) })
 			if err != nil {
 				t.Errorf("%s: %v", n.Name, err)
 			}
@@ -171,39 +164,9 @@ func vtepMACs(t *testing.T, nodes []*lab.Node) map[*lab.Node]string {
 	return macs
 }
 
-// checkNodeObjectUp checks REFERENCE section 3 on a Node object.
+// checkNodeObjectUp checks REFERENCE section 3 on a vxlan node's Node object.
 func checkNodeObjectUp(node *corev1.Node, mac, publicIP string) error {
-	want := map[string]string{
-		"kube-subnet-manager": "true",
-		"backend-type":        "vxlan",
-		"backend-data":        fmt.Sprintf(`{"VNI":1,"VtepMAC":"%s"}`, mac),
-		"public-ip":           publicIP,
-	}
-	var problems []string
-	for k, v := range want {
-		got, ok := node.Annotations[annotationPrefix+k]
-		if !ok {
-			problems = append(problems, fmt.Sprintf("annotation %s%s missing", annotationPrefix, k))
-		} else if got != v {
-			problems = append(problems, fmt.Sprintf("annotation %s%s = %q, want %q", annotationPrefix, k, got, v))
-		}
-	}
-	var cond *corev1.NodeCondition
-	for i := range node.Status.Conditions {
-		if node.Status.Conditions[i].Type == corev1.NodeNetworkUnavailable {
-			cond = &node.Status.Conditions[i]
-		}
-	}
-	switch {
-	case cond == nil:
-		problems = append(problems, "no NetworkUnavailable condition")
-	case cond.Status != corev1.ConditionFalse || cond.Reason != "FlannelIsUp":
-		problems = append(problems, fmt.Sprintf("NetworkUnavailable = %s reason %q, want False reason FlannelIsUp", cond.Status, cond.Reason))
-	}
-	if len(problems) > 0 {
-		return errors.New(strings.Join(problems, "; "))
-	}
-	return nil
+	return checkFlannelNode(node, "vxlan", fmt.Sprintf(`{"VNI":1,"VtepMAC":"%s"}`, mac), publicIP)
 }
 
 // checkVXLANDevice checks REFERENCE section 4 for flannel.1 of node i.
