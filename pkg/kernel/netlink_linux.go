@@ -8,6 +8,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/flanneld/flanneld/ip"
 )
 
 // dumpRetries bounds the retries of a netlink dump the kernel interrupted
@@ -52,28 +54,11 @@ func wrapDel(what string, obj fmt.Stringer, err error) error {
 	return fmt.Errorf("delete %s %s: %w", what, obj, err)
 }
 
-func addrFromIP(ip net.IP) netip.Addr {
-	a, ok := netip.AddrFromSlice(ip)
-	if !ok {
-		return netip.Addr{}
-	}
-	return a.Unmap()
-}
-
-func prefixFromIPNet(n *net.IPNet) (netip.Prefix, bool) {
-	if n == nil {
-		return netip.Prefix{}, false
-	}
-	a := addrFromIP(n.IP)
-	ones, _ := n.Mask.Size()
-	if !a.IsValid() {
-		return netip.Prefix{}, false
-	}
-	return netip.PrefixFrom(a, ones), true
-}
-
-func ipNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+// addrFromIP is ip.AddrFromIP for fields where an absent address is the
+// zero Addr.
+func addrFromIP(a net.IP) netip.Addr {
+	addr, _ := ip.AddrFromIP(a)
+	return addr
 }
 
 // ListRoutes returns the unicast routes of the main table with a
@@ -100,8 +85,8 @@ func routeFromNetlink(r netlink.Route) (Route, bool) {
 	if r.Type != unix.RTN_UNICAST || len(r.MultiPath) > 0 || (r.Table != 0 && r.Table != unix.RT_TABLE_MAIN) {
 		return Route{}, false
 	}
-	dst, ok := prefixFromIPNet(r.Dst)
-	if !ok {
+	dst := ip.PrefixFromIPNet(r.Dst)
+	if !dst.IsValid() {
 		if r.Family == unix.AF_INET6 {
 			dst = netip.MustParsePrefix("::/0")
 		} else {
@@ -119,7 +104,7 @@ func routeFromNetlink(r netlink.Route) (Route, bool) {
 
 func toNetlinkRoute(r Route) *netlink.Route {
 	nr := &netlink.Route{
-		Dst:       ipNet(r.Dst),
+		Dst:       ip.IPNetFromPrefix(r.Dst),
 		LinkIndex: r.LinkIndex,
 		Table:     unix.RT_TABLE_MAIN,
 		Protocol:  netlink.RouteProtocol(r.Protocol),
