@@ -12,10 +12,6 @@ import (
 	"github.com/flanneld/flanneld/ip"
 )
 
-// dumpRetries bounds the retries of a netlink dump the kernel interrupted
-// because the table changed while it was being read.
-const dumpRetries = 5
-
 // Netlink implements Interface over a *netlink.Handle.
 type Netlink struct {
 	h *netlink.Handle
@@ -26,22 +22,6 @@ var _ Interface = (*Netlink)(nil)
 // NewNetlink returns an Interface that programs the network namespace h was
 // opened in.
 func NewNetlink(h *netlink.Handle) *Netlink { return &Netlink{h: h} }
-
-// retryDump runs a netlink dump until it completes without the kernel
-// reporting an interrupted (inconsistent) dump.
-func retryDump[T any](dump func() ([]T, error)) ([]T, error) {
-	var (
-		out []T
-		err error
-	)
-	for range dumpRetries {
-		out, err = dump()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return out, err
-		}
-	}
-	return nil, fmt.Errorf("netlink dump interrupted %d times: %w", dumpRetries, err)
-}
 
 // wrapDel maps "already gone" errors of a delete to ErrNotFound.
 func wrapDel(what string, obj fmt.Stringer, err error) error {
@@ -65,7 +45,7 @@ func addrFromIP(a net.IP) netip.Addr {
 // destination prefix (default routes included) and a single next hop.
 func (k *Netlink) ListRoutes() ([]Route, error) {
 	filter := &netlink.Route{Table: unix.RT_TABLE_MAIN}
-	nl, err := retryDump(func() ([]netlink.Route, error) {
+	nl, err := ip.RetryDump(func() ([]netlink.Route, error) {
 		return k.h.RouteListFiltered(netlink.FAMILY_ALL, filter, netlink.RT_FILTER_TABLE)
 	})
 	if err != nil {
@@ -147,7 +127,7 @@ func family(a netip.Addr) int {
 func (k *Netlink) ListNeighs(linkIndex int) ([]Neigh, error) {
 	var out []Neigh
 	for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
-		nl, err := retryDump(func() ([]netlink.Neigh, error) { return k.h.NeighList(linkIndex, fam) })
+		nl, err := ip.RetryDump(func() ([]netlink.Neigh, error) { return k.h.NeighList(linkIndex, fam) })
 		if err != nil {
 			return nil, fmt.Errorf("list neighbours of link %d: %w", linkIndex, err)
 		}
@@ -192,7 +172,7 @@ func (k *Netlink) DelNeigh(n Neigh) error {
 // ListFDB returns the permanent FDB entries of a link that have a
 // destination address.
 func (k *Netlink) ListFDB(linkIndex int) ([]FDB, error) {
-	nl, err := retryDump(func() ([]netlink.Neigh, error) { return k.h.NeighList(linkIndex, unix.AF_BRIDGE) })
+	nl, err := ip.RetryDump(func() ([]netlink.Neigh, error) { return k.h.NeighList(linkIndex, unix.AF_BRIDGE) })
 	if err != nil {
 		return nil, fmt.Errorf("list FDB of link %d: %w", linkIndex, err)
 	}
