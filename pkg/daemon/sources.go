@@ -34,9 +34,9 @@ type leaseSource struct {
 	close        func()
 }
 
-// checkSupported rejects configurations this build does not implement yet,
-// before anything on the node changes.
-func checkSupported(cfg *subnet.Config) error {
+// CheckSupported rejects configurations this build does not implement yet,
+// before anything on the node changes (shared with `flanneld diagnose`).
+func CheckSupported(cfg *subnet.Config) error {
 	if !cfg.EnableIPv4 || cfg.EnableIPv6 {
 		return fmt.Errorf("only IPv4 networks are supported in this build: set EnableIPv4 and leave EnableIPv6 off")
 	}
@@ -53,7 +53,7 @@ func openKube(ctx context.Context, o Options, m *metrics.Metrics) (*leaseSource,
 	if err != nil {
 		return nil, err
 	}
-	if err := checkSupported(cfg); err != nil {
+	if err := CheckSupported(cfg); err != nil {
 		return nil, err
 	}
 	client, err := kube.NewClient(o.KubeconfigFile, o.KubeAPIURL, "flanneld/"+o.Version)
@@ -122,7 +122,7 @@ func openEtcd(ctx context.Context, o Options, m *metrics.Metrics) (*leaseSource,
 		src.Close()
 		return nil, err
 	}
-	if err := checkSupported(ls.config); err != nil {
+	if err := CheckSupported(ls.config); err != nil {
 		src.Close()
 		return nil, err
 	}

@@ -90,11 +90,8 @@ func Collect(ctx context.Context, o daemon.Options, probe bool) (Inputs, func(),
 	if err != nil {
 		return Inputs{}, noop, err
 	}
-	if !cfg.EnableIPv4 || cfg.EnableIPv6 {
-		return Inputs{}, noop, errors.New("only IPv4 networks are supported in this build")
-	}
-	if cfg.EnableNFTables {
-		return Inputs{}, noop, errors.New("EnableNFTables is not supported in this build")
+	if err := daemon.CheckSupported(cfg); err != nil {
+		return Inputs{}, noop, err
 	}
 
 	h, err := netlink.NewHandle()
