@@ -132,39 +132,7 @@ func checkLeaseKeys(t *testing.T, e *lab.Etcd, hosts []bareHost, others ...strin
 // checkBareVXLANDevice checks flannel.1 of a host (REFERENCE section 4,
 // as in Kubernetes mode).
 func checkBareVXLANDevice(h bareHost) error {
-	ns := h.node.Netns
-	link, err := lab.ShowLink(ns, vxlanDevice)
-	if err != nil {
-		return err
-	}
-	var problems []string
-	check := func(what string, got, want any) {
-		if fmt.Sprint(got) != fmt.Sprint(want) {
-			problems = append(problems, fmt.Sprintf("%s = %v, want %v", what, got, want))
-		}
-	}
-	data := link.LinkInfo.InfoData
-	check("kind", link.LinkInfo.InfoKind, "vxlan")
-	check("vxlan id", data["id"], 1)
-	check("local", data["local"], h.node.IP)
-	check("dev", data["link"], "eth0")
-	check("dstport", data["port"], 8472)
-	check("learning", data["learning"], false)
-	check("mtu", link.MTU, 1450)
-	check("up", link.IsUp(), true)
-	addrs, err := lab.ShowAddrs(ns, vxlanDevice)
-	if err != nil {
-		return err
-	}
-	var got []string
-	for _, a := range addrs {
-		got = append(got, a.String())
-	}
-	check("addresses", got, []string{h.subnet.Addr().String() + "/32"})
-	if len(problems) > 0 {
-		return fmt.Errorf("%s: %s", vxlanDevice, strings.Join(problems, "; "))
-	}
-	return nil
+	return checkVXLANDeviceOf(h.node.Netns, h.node.IP.String(), h.subnet.Addr().String())
 }
 
 // waitPeerStates waits until every host has programmed every other one.

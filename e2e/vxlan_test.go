@@ -171,6 +171,12 @@ func checkNodeObjectUp(node *corev1.Node, mac, publicIP string) error {
 
 // checkVXLANDevice checks REFERENCE section 4 for flannel.1 of node i.
 func checkVXLANDevice(ns string, i int) error {
+	return checkVXLANDeviceOf(ns, underlayIP(i), podNetAddr(i))
+}
+
+// checkVXLANDeviceOf checks flannel.1 in ns: local address local, address
+// netAddr/32, and the REFERENCE attributes on a 1500-byte eth0.
+func checkVXLANDeviceOf(ns, local, netAddr string) error {
 	link, err := lab.ShowLink(ns, vxlanDevice)
 	if err != nil {
 		return err
@@ -184,7 +190,7 @@ func checkVXLANDevice(ns string, i int) error {
 	}
 	check("kind", link.LinkInfo.InfoKind, "vxlan")
 	check("vxlan id", data["id"], 1)
-	check("local", data["local"], underlayIP(i))
+	check("local", data["local"], local)
 	check("dev", data["link"], "eth0")
 	check("dstport", data["port"], 8472)
 	check("learning", data["learning"], false)
@@ -198,7 +204,7 @@ func checkVXLANDevice(ns string, i int) error {
 	for _, a := range addrs {
 		got = append(got, a.String())
 	}
-	check("addresses", got, []string{podNetAddr(i) + "/32"})
+	check("addresses", got, []string{netAddr + "/32"})
 	if eth0, err := lab.ShowLink(ns, "eth0"); err == nil {
 		check("eth0 mtu", eth0.MTU, 1500)
 	}
