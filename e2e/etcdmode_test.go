@@ -10,11 +10,8 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"regexp"
 	"slices"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -381,38 +378,6 @@ func TestEtcdModeManyHosts(t *testing.T) {
 	})
 }
 
-// etcdPing is a `ping` running in a pod in the background.
-type etcdPing struct {
-	proc  *lab.Process
-	count int
-}
-
-func startEtcdPing(t testing.TB, l *lab.Lab, from *lab.Pod, to netip.Addr, interval time.Duration, count int) *etcdPing {
-	t.Helper()
-	p := l.Start(t, from.Netns, "ping-"+from.Node.Name+"-"+from.Name, nil,
-		"ping", "-n", "-q", "-i", strconv.FormatFloat(interval.Seconds(), 'f', 3, 64),
-		"-W", "1", "-c", strconv.Itoa(count), to.String())
-	return &etcdPing{proc: p, count: count}
-}
-
-var etcdPingStats = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)
-
-// result waits for the run to end and returns requests sent and replies.
-func (r *etcdPing) result(t testing.TB, timeout time.Duration) (sent, received int) {
-	t.Helper()
-	if _, ok := r.proc.WaitExit(timeout); !ok {
-		r.proc.Signal(syscall.SIGINT)
-		r.proc.WaitExit(5 * time.Second)
-	}
-	m := etcdPingStats.FindStringSubmatch(r.proc.Stdout())
-	if m == nil {
-		t.Fatalf("no summary in ping's output:\n%s\nstderr:\n%s", r.proc.Stdout(), r.proc.Log())
-	}
-	sent, _ = strconv.Atoi(m[1])
-	received, _ = strconv.Atoi(m[2])
-	return sent, received
-}
-
 // TestEtcdModeOutage: etcd is stopped for 30 s. The datapath stays (pods
 // ping throughout), flanneld keeps running and keeps its lease; a host
 // started during the outage waits, and once etcd is back it acquires a
@@ -439,10 +404,10 @@ func TestEtcdModeOutage(t *testing.T) {
 	// Pings every 200 ms from before the outage until after it.
 	const interval = 200 * time.Millisecond
 	count := int((outage + 20*time.Second) / interval)
-	pings := []*etcdPing{
-		startEtcdPing(t, l, pods[0], pods[1].IP, interval, count),
-		startEtcdPing(t, l, pods[1], pods[2].IP, interval, count),
-		startEtcdPing(t, l, pods[2], pods[0].IP, interval, count),
+	pings := []*pingRun{
+		startPing(t, l, pods[0], pods[1].IP, interval, count),
+		startPing(t, l, pods[1], pods[2].IP, interval, count),
+		startPing(t, l, pods[2], pods[0].IP, interval, count),
 	}
 	time.Sleep(2 * time.Second)
 
@@ -520,7 +485,7 @@ func TestEtcdModeOutage(t *testing.T) {
 
 	t.Run("datapath intact", func(t *testing.T) {
 		for _, r := range pings {
-			sent, received := r.result(t, time.Until(down.Add(outage+30*time.Second)))
+			sent, received := r.wait(t, time.Until(down.Add(outage+30*time.Second)))
 			t.Logf("%s: %d/%d replies across the outage", r.proc.Name, received, sent)
 			if sent < r.count*9/10 || received != sent {
 				t.Errorf("%s: %d requests, %d replies; want every reply", r.proc.Name, sent, received)
