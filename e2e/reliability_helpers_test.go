@@ -75,13 +75,7 @@ func (p peer) gateway() string {
 // realPeer describes lab node n (its flanneld must have created flannel.1).
 func realPeer(t testing.TB, n *lab.Node) peer {
 	t.Helper()
-	var mac string
-	lab.WaitFor(t, vxlanDevice+" on "+n.Name, convergeTimeout, func() error {
-		link, err := lab.ShowLink(n.Netns, vxlanDevice)
-		mac = link.Address
-		return err
-	})
-	return peer{Name: n.Name, PodCIDR: n.PodCIDR, PublicIP: n.IP.String(), MAC: mac}
+	return peer{Name: n.Name, PodCIDR: n.PodCIDR, PublicIP: n.IP.String(), MAC: vtepMAC(t, n)}
 }
 
 // stateFor is the exact vxlan state a node must hold for peers.

@@ -144,7 +144,7 @@ func pingAll(t *testing.T, pods []*lab.Pod) {
 }
 
 // vtepMAC is the MAC of flannel.1 in node n (waiting for the device).
-func vtepMAC(t *testing.T, n *lab.Node) string {
+func vtepMAC(t testing.TB, n *lab.Node) string {
 	t.Helper()
 	var mac string
 	lab.WaitFor(t, vxlanDevice+" on "+n.Name, convergeTimeout, func() error {
