@@ -38,10 +38,11 @@ type LinkEvent struct {
 // needs CAP_NET_ADMIN, which flanneld has).
 const socketBuffer = 16 << 20
 
-// eventBuffer is large enough that flanneld's own bursts of changes (one
-// neighbour, FDB entry and route per peer) do not make the kernel drop
-// notifications while the receiver is busy.
-const eventBuffer = 8192
+// eventBuffer is the capacity of the channels between the netlink readers
+// and the receiver. Bursts queue in the socket buffers above (kernel
+// memory), not here: each buffered route update holds a whole
+// netlink.Route, and 8,192 of them cost about 4 MiB of heap.
+const eventBuffer = 256
 
 // Subscribe delivers the route, neighbour, FDB and link changes of the
 // current network namespace to fn, from one goroutine, until ctx ends. When

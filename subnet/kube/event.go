@@ -45,7 +45,7 @@ func (s *Source) fatalEvent(ctx context.Context, reason, message string) {
 		LastTimestamp:  now,
 		Count:          1,
 	}
-	if _, err := s.cfg.Client.CoreV1().Events(ev.Namespace).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
+	if _, err := s.cfg.Client.CreateEvent(ctx, ev); err != nil {
 		klog.ErrorS(err, "Could not post an Event on the Node", "reason", reason)
 	}
 }

@@ -15,7 +15,7 @@ import (
 // context is already cancelled.
 func TestFatalEvent(t *testing.T) {
 	client := fake.NewClientset()
-	s := New(Config{Client: client, NodeName: "n9", Recorder: record.NewFakeRecorder(1)})
+	s := New(Config{Client: clientset{client}, NodeName: "n9", Recorder: record.NewFakeRecorder(1)})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	s.fatalEvent(ctx, "PodCIDROutsideNetwork", "podCIDR of node n9: 10.99.1.0/24 is outside Network 10.244.0.0/16")
@@ -35,7 +35,7 @@ func TestFatalEvent(t *testing.T) {
 
 	// Without a Recorder (Events off), nothing is posted.
 	client = fake.NewClientset()
-	New(Config{Client: client, NodeName: "n9"}).fatalEvent(context.Background(), "PodCIDROutsideNetwork", "x")
+	New(Config{Client: clientset{client}, NodeName: "n9"}).fatalEvent(context.Background(), "PodCIDROutsideNetwork", "x")
 	if len(client.Actions()) != 0 {
 		t.Errorf("posted without a Recorder: %v", client.Actions())
 	}

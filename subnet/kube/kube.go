@@ -15,11 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
@@ -28,7 +24,7 @@ import (
 
 // Config configures the Kubernetes lease source.
 type Config struct {
-	Client   kubernetes.Interface
+	Client   Client
 	NodeName string
 	// AnnotationPrefix defaults to DefaultAnnotationPrefix.
 	AnnotationPrefix string
@@ -51,14 +47,14 @@ type Config struct {
 
 // NewRecorder returns an EventRecorder posting Events through client as
 // component flanneld; it stops with ctx.
-func NewRecorder(ctx context.Context, client kubernetes.Interface, nodeName string) record.EventRecorder {
+func NewRecorder(ctx context.Context, client Client, nodeName string) record.EventRecorder {
 	b := record.NewBroadcaster(record.WithContext(ctx))
-	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	b.StartRecordingToSink(eventSink{ctx: ctx, client: client})
 	go func() {
 		<-ctx.Done()
 		b.Shutdown()
 	}()
-	return b.NewRecorder(scheme.Scheme, v1.EventSource{Component: "flanneld", Host: nodeName})
+	return b.NewRecorder(clientScheme, v1.EventSource{Component: "flanneld", Host: nodeName})
 }
 
 // Event posts an Event on this node's Node object (a no-op without a
@@ -105,24 +101,9 @@ func New(cfg Config) *Source {
 	return &Source{cfg: cfg, ann: NewAnnotations(cfg.AnnotationPrefix), ownWake: make(chan struct{}, 1)}
 }
 
-// NewClient builds a client from a kubeconfig file and/or API URL, or from
-// the in-cluster configuration when both are empty. It speaks protobuf.
-func NewClient(kubeconfig, apiURL, userAgent string) (kubernetes.Interface, error) {
-	var (
-		cfg, err = clientcmd.BuildConfigFromFlags(apiURL, kubeconfig)
-	)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client configuration: %w", err)
-	}
-	cfg.UserAgent = userAgent
-	cfg.ContentType = runtime.ContentTypeProtobuf
-	cfg.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
-	return kubernetes.NewForConfig(cfg)
-}
-
 // NodeName returns the name of the node flanneld runs on: NODE_NAME, else
 // the nodeName of the pod POD_NAME in POD_NAMESPACE.
-func NodeName(ctx context.Context, client kubernetes.Interface) (string, error) {
+func NodeName(ctx context.Context, client Client) (string, error) {
 	if n := os.Getenv("NODE_NAME"); n != "" {
 		return n, nil
 	}
@@ -132,7 +113,7 @@ func NodeName(ctx context.Context, client kubernetes.Interface) (string, error) 
 	}
 	var name string
 	err := retry(ctx, "get own pod", func() error {
-		p, err := client.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
+		p, err := client.GetPod(ctx, ns, pod)
 		if err != nil {
 			return err
 		}
@@ -148,7 +129,6 @@ func NodeName(ctx context.Context, client kubernetes.Interface) (string, error) 
 // Start implements subnet.Source: it starts a Node informer whose cache
 // keeps only what flanneld reads of each Node.
 func (s *Source) Start(ctx context.Context, peers *subnet.Peers) error {
-	nodes := s.cfg.Client.CoreV1().Nodes()
 	// The list and watch calls retry by themselves, quickly, while the API
 	// server is unreachable, so the informer's own backoff (which grows to
 	// a minute) never builds up during an outage and flanneld catches up
@@ -165,16 +145,24 @@ func (s *Source) Start(ctx context.Context, peers *subnet.Peers) error {
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			var w watch.Interface
 			err := retryQuickly(ctx, "watch nodes", func() (err error) {
-				w, err = nodes.Watch(ctx, o)
+				w, err = s.cfg.Client.WatchNodes(ctx, o)
 				return err
 			})
-			return w, err
+			if err != nil {
+				return nil, err
+			}
+			return watch.Filter(w, func(e watch.Event) (watch.Event, bool) {
+				if n, ok := e.Object.(*v1.Node); ok {
+					stripped, _ := s.ann.stripNode(n)
+					e.Object = stripped.(*v1.Node)
+				}
+				return e, true
+			}), nil
 		},
 	}
+	// Both the list and the watch hand the informer stripped Nodes, so its
+	// cache never holds a whole Node and nothing is copied twice.
 	s.informer = cache.NewSharedIndexInformer(lw, &v1.Node{}, 0, cache.Indexers{})
-	if err := s.informer.SetTransform(s.ann.stripNode); err != nil {
-		return err
-	}
 	reg, err := s.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) {
 			s.watchEvent("add")
@@ -221,10 +209,9 @@ func (s *Source) listStripped(ctx context.Context, o metav1.ListOptions) (*v1.No
 	// A paged list needs a consistent read, not "any version" (RV 0).
 	o.ResourceVersion, o.ResourceVersionMatch = "", ""
 	o.Limit = listPageSize
-	nodes := s.cfg.Client.CoreV1().Nodes()
 	out := &v1.NodeList{}
 	for {
-		page, err := nodes.List(ctx, o)
+		page, err := s.cfg.Client.ListNodes(ctx, o)
 		if err != nil {
 			return nil, err
 		}
@@ -343,8 +330,7 @@ func (s *Source) AcquireLease(ctx context.Context, attrs subnet.LeaseAttrs) (sub
 			return lease, err
 		}
 		err = retry(ctx, "publish node annotations", func() error {
-			_, err := s.cfg.Client.CoreV1().Nodes().Patch(ctx, n.Name, types.StrategicMergePatchType, body, metav1.PatchOptions{}, "status")
-			return err
+			return s.cfg.Client.PatchNodeStatus(ctx, n.Name, types.StrategicMergePatchType, body)
 		})
 		if err != nil {
 			return lease, err
@@ -473,7 +459,6 @@ func (s *Source) ReportReady(ctx context.Context) error {
 		return err
 	}
 	return retry(ctx, "set NetworkUnavailable=False", func() error {
-		_, err := s.cfg.Client.CoreV1().Nodes().PatchStatus(ctx, s.cfg.NodeName, body)
-		return err
+		return s.cfg.Client.PatchNodeStatus(ctx, s.cfg.NodeName, types.StrategicMergePatchType, body)
 	})
 }

@@ -123,7 +123,7 @@ const netConf = `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`
 func startSource(t *testing.T, c *fakeCluster, cfg Config) (*Source, *subnet.Peers) {
 	t.Helper()
 	if cfg.Client == nil {
-		cfg.Client = c.client
+		cfg.Client = clientset{c.client}
 	}
 	if cfg.NodeName == "" {
 		cfg.NodeName = ownName
@@ -403,7 +403,7 @@ func TestSourcePreviousAttrsCanceled(t *testing.T) {
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	s := New(Config{Client: c.client, NodeName: ownName, Network: testNetwork(t, netConf)})
+	s := New(Config{Client: clientset{c.client}, NodeName: ownName, Network: testNetwork(t, netConf)})
 	if err := s.Start(ctx, subnet.NewPeers()); err != nil {
 		t.Fatal(err)
 	}
@@ -734,7 +734,7 @@ func TestReportReady(t *testing.T) {
 				{Type: v1.NodeNetworkUnavailable, Status: v1.ConditionTrue, Reason: "NoRouteCreated"},
 			}
 			c := newFakeCluster(t, own)
-			s := New(Config{Client: c.client, NodeName: ownName, SetNetworkUnavailable: enabled})
+			s := New(Config{Client: clientset{c.client}, NodeName: ownName, SetNetworkUnavailable: enabled})
 			ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 			defer cancel()
 			if err := s.ReportReady(ctx); err != nil {
@@ -779,7 +779,7 @@ func TestReportReadyNoNode(t *testing.T) {
 	// The Node vanished: ReportReady retries until ctx ends, then says what
 	// it was doing.
 	c := newFakeCluster(t)
-	s := New(Config{Client: c.client, NodeName: ownName, SetNetworkUnavailable: true})
+	s := New(Config{Client: clientset{c.client}, NodeName: ownName, SetNetworkUnavailable: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 1200*time.Millisecond)
 	defer cancel()
 	err := s.ReportReady(ctx)
@@ -822,7 +822,7 @@ func TestNodeName(t *testing.T) {
 			client := fake.NewClientset(scheduled, pending)
 			ctx, cancel := context.WithTimeout(context.Background(), 800*time.Millisecond)
 			defer cancel()
-			got, err := NodeName(ctx, client)
+			got, err := NodeName(ctx, clientset{client})
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Errorf("NodeName = %q, %v; want an error mentioning %q", got, err, tt.wantErr)
@@ -863,7 +863,7 @@ func TestNodeNamePodScheduledLater(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
-	got, err := NodeName(ctx, client)
+	got, err := NodeName(ctx, clientset{client})
 	if err != nil || got != "late-node" {
 		t.Errorf("NodeName = %q, %v; want late-node", got, err)
 	}

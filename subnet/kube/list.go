@@ -8,7 +8,6 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/flanneld/flanneld/subnet"
 )
@@ -40,14 +39,14 @@ const leasesPageSize = 500
 // ListLeases lists the Nodes once (in pages) and returns this node's lease, the
 // peers' leases and the nodes skipped for unusable annotations, as the
 // daemon's lease source would see them.
-func ListLeases(ctx context.Context, client kubernetes.Interface, prefix, ownName string) (*Leases, error) {
+func ListLeases(ctx context.Context, client Client, prefix, ownName string) (*Leases, error) {
 	if prefix == "" {
 		prefix = DefaultAnnotationPrefix
 	}
 	var nodes []v1.Node
 	opts := metav1.ListOptions{Limit: leasesPageSize}
 	for {
-		page, err := client.CoreV1().Nodes().List(ctx, opts)
+		page, err := client.ListNodes(ctx, opts)
 		if err != nil {
 			return nil, fmt.Errorf("list nodes: %w", err)
 		}

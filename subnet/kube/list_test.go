@@ -41,7 +41,7 @@ func TestListLeases(t *testing.T) {
 		listTestNode("nocidr", "", managed("192.168.0.5")),
 		listTestNode("unmanaged", "10.244.6.0/24", nil),
 	)
-	ls, err := ListLeases(context.Background(), client, "", "self")
+	ls, err := ListLeases(context.Background(), clientset{client}, "", "self")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,11 +67,11 @@ func TestListLeases(t *testing.T) {
 	}
 
 	// A node without its Node object, and one without a podCIDR.
-	ls, err = ListLeases(context.Background(), client, "", "missing")
+	ls, err = ListLeases(context.Background(), clientset{client}, "", "missing")
 	if err != nil || ls.Own != nil || len(ls.Peers) != 3 {
 		t.Errorf("missing own Node: own %v, peers %d, err %v", ls.Own, len(ls.Peers), err)
 	}
-	ls, err = ListLeases(context.Background(), client, "", "nocidr")
+	ls, err = ListLeases(context.Background(), clientset{client}, "", "nocidr")
 	if err != nil || ls.Own == nil || ls.OwnErr == nil || !strings.Contains(ls.OwnErr.Error(), "no podCIDR") {
 		t.Errorf("own Node without podCIDR: own %v, err %v / %v", ls.Own, ls.OwnErr, err)
 	}
