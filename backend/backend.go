@@ -10,10 +10,12 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"k8s.io/klog/v2"
 
 	"github.com/flanneld/flanneld/ip"
 	"github.com/flanneld/flanneld/network"
@@ -44,6 +46,26 @@ type Backend interface {
 	PeerState(peer subnet.Lease) (network.State, error)
 }
 
+// PeerTracker is implemented by a backend that needs the programmed peers
+// themselves (udp, whose datapath runs in flanneld): the sync loop calls
+// SetPeer with a peer's lease when it programs the peer, and with nil when
+// it drops it. SetPeer is called from the sync loop only.
+type PeerTracker interface {
+	SetPeer(name string, lease *subnet.Lease)
+}
+
+// Forwarder is implemented by a backend whose datapath runs in flanneld
+// rather than in the kernel (udp). The daemon runs Forward after Configure
+// until ctx ends; that datapath stops with flanneld.
+type Forwarder interface {
+	// Forward moves packets until ctx ends. An error means the datapath
+	// broke down and flanneld must exit.
+	Forward(ctx context.Context) error
+	// Dropped returns the packets dropped so far, by reason; every reason
+	// of the backend's fixed set is present.
+	Dropped() map[string]uint64
+}
+
 // Params is what every backend is built from.
 type Params struct {
 	// Config is the validated network configuration; Config.Backend holds
@@ -66,13 +88,15 @@ var ErrPeerData = errors.New("unusable peer lease")
 // this node's L2 segment, when the backend needs it to be (host-gw).
 var ErrUnreachable = fmt.Errorf("%w: unreachable without a gateway", ErrPeerData)
 
-// DirectRoute returns the route to a peer's subnet through its public IP on
-// the external interface, or an error wrapping ErrPeerData when the public
-// IP is not on that interface's L2 segment.
-func DirectRoute(reach ip.Reachability, ext *ip.ExternalInterface, peer subnet.Lease) (kernel.Route, error) {
-	direct, gw, err := reach.Direct(peer.Attrs.PublicIP, ext.Index)
+// DirectRoute returns the route to a peer's subnet sn through its public IP
+// (of sn's address family) on the external interface, or an error wrapping
+// ErrUnreachable when the public IP is not on that interface's L2 segment,
+// or the kernel has no route to it at all (this node has no address of
+// that family at the moment).
+func DirectRoute(reach ip.Reachability, ext *ip.ExternalInterface, peerName string, sn netip.Prefix, publicIP netip.Addr) (kernel.Route, error) {
+	direct, gw, err := reach.Direct(publicIP, ext.Index)
 	if err != nil {
-		return kernel.Route{}, err
+		return kernel.Route{}, fmt.Errorf("%w: peer %s at %s: %w", ErrUnreachable, peerName, publicIP, err)
 	}
 	if !direct {
 		how := "not through " + ext.Name
@@ -80,9 +104,62 @@ func DirectRoute(reach ip.Reachability, ext *ip.ExternalInterface, peer subnet.L
 			how = "only through the gateway " + gw.String()
 		}
 		return kernel.Route{}, fmt.Errorf("%w: peer %s at %s is not on this node's L2 segment (reached %s)",
-			ErrUnreachable, peer.Name, peer.Attrs.PublicIP, how)
+			ErrUnreachable, peerName, publicIP, how)
 	}
-	return kernel.Route{Dst: peer.Subnet.Masked(), Gw: peer.Attrs.PublicIP, LinkIndex: ext.Index}, nil
+	return kernel.Route{Dst: sn.Masked(), Gw: publicIP, LinkIndex: ext.Index}, nil
+}
+
+// Family is one address family of a peer's lease: its pod subnet, its
+// public IP and its backend data in that family.
+type Family struct {
+	IPv6        bool
+	Subnet      netip.Prefix
+	PublicIP    netip.Addr
+	BackendData json.RawMessage
+}
+
+// PeerFamilies returns the address families in which this node (ipv4,
+// ipv6) and the peer can talk: those the peer has a subnet and a public IP
+// of. A family the peer has a subnet of but no public IP of is left out
+// with a log line, so long as another family remains: that is a peer whose
+// flanneld runs without the family, e.g. while IPv6 is being enabled node
+// by node in a cluster whose Nodes already have IPv6 podCIDRs (upstream
+// drops such a peer altogether, cutting it off over IPv4 too). A peer with
+// no usable family in common is an error (wrapping ErrPeerData).
+func PeerFamilies(peer subnet.Lease, ipv4, ipv6 bool) ([]Family, error) {
+	var fams []Family
+	var unusable []string // families with a subnet but no public IP
+	if ipv4 && peer.Subnet.IsValid() && peer.Subnet.Addr().Is4() {
+		if peer.Attrs.PublicIP.Is4() {
+			fams = append(fams, Family{Subnet: peer.Subnet.Masked(), PublicIP: peer.Attrs.PublicIP, BackendData: peer.Attrs.BackendData})
+		} else {
+			unusable = append(unusable, "IPv4 public-ip")
+		}
+	}
+	if ipv6 && peer.IPv6Subnet.IsValid() && peer.IPv6Subnet.Addr().Is6() {
+		if pub := peer.Attrs.PublicIPv6; pub.Is6() && !pub.Is4In6() {
+			fams = append(fams, Family{IPv6: true, Subnet: peer.IPv6Subnet.Masked(), PublicIP: pub, BackendData: peer.Attrs.BackendV6Data})
+		} else {
+			unusable = append(unusable, "IPv6 public-ipv6")
+		}
+	}
+	switch {
+	case len(fams) > 0 && len(unusable) > 0:
+		klog.InfoS("Peer has a subnet but no public IP of an address family (does its flanneld run without it?); programming the other family only",
+			"node", peer.Name, "missing", strings.Join(unusable, ", "))
+	case len(unusable) > 0:
+		return nil, fmt.Errorf("%w: peer %s has no %s", ErrPeerData, peer.Name, strings.Join(unusable, " and no "))
+	case len(fams) == 0:
+		want := "IPv4"
+		switch {
+		case ipv4 && ipv6:
+			want = "IPv4 or IPv6"
+		case ipv6:
+			want = "IPv6"
+		}
+		return nil, fmt.Errorf("%w: peer %s has no %s subnet", ErrPeerData, peer.Name, want)
+	}
+	return fams, nil
 }
 
 // Factory parses and validates the backend's options and returns a Backend.

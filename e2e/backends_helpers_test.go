@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -85,10 +86,31 @@ func directRoutesFor(self *lab.Node, peers ...*lab.Node) []string {
 	return out
 }
 
+// directRoutesFor6 is directRoutesFor for IPv6: the route to every peer's
+// IPv6 podCIDR via its IPv6 address (lab.WithIPv6).
+func directRoutesFor6(self *lab.Node, peers ...*lab.Node) []string {
+	var out []string
+	for _, p := range peers {
+		if p != self {
+			out = append(out, directRouteTo(p.PodCIDR6(), p.IPv6.String()))
+		}
+	}
+	return out
+}
+
 // ownedRoutesOn returns, as strings, the routes of ns that flanneld owns
 // (protocol 102) on device dev.
 func ownedRoutesOn(ns, dev string) ([]string, error) {
-	routes, err := lab.ShowRoutes(ns)
+	return ownedRoutesOf(lab.ShowRoutes, ns, dev)
+}
+
+// ownedRoutesOn6 is ownedRoutesOn for IPv6 routes.
+func ownedRoutesOn6(ns, dev string) ([]string, error) {
+	return ownedRoutesOf(lab.ShowRoutes6, ns, dev)
+}
+
+func ownedRoutesOf(show func(ns string) ([]lab.Route, error), ns, dev string) ([]string, error) {
+	routes, err := show(ns)
 	if err != nil {
 		return nil, err
 	}
@@ -108,6 +130,15 @@ func checkDirectRoutes(ns string, want []string) error {
 		return err
 	}
 	return compareSets("flanneld's routes on eth0", got, want)
+}
+
+// checkDirectRoutes6 is checkDirectRoutes for the IPv6 routes.
+func checkDirectRoutes6(ns string, want []string) error {
+	got, err := ownedRoutesOn6(ns, "eth0")
+	if err != nil {
+		return err
+	}
+	return compareSets("flanneld's IPv6 routes on eth0", got, want)
 }
 
 // compareSets compares two string lists as sets, with a readable error.
@@ -157,18 +188,28 @@ func subnetEnvWithMTU(i, mtu int) string {
 // Node (REFERENCE section 3) for backend type backendType with
 // backend-data backendData, and the NetworkUnavailable condition.
 func checkFlannelNode(node *corev1.Node, backendType, backendData, publicIP string) error {
-	want := map[string]string{
+	return checkFlannelNodeWith(node, map[string]string{
 		"kube-subnet-manager": "true",
 		"backend-type":        backendType,
 		"backend-data":        backendData,
 		"public-ip":           publicIP,
-	}
+	})
+}
+
+// checkFlannelNodeWith is checkFlannelNode with the expected annotations
+// given as a map (keys without the prefix); an empty value means that the
+// annotation must be absent.
+func checkFlannelNodeWith(node *corev1.Node, want map[string]string) error {
 	var problems []string
 	for _, k := range slices.Sorted(maps.Keys(want)) {
 		got, ok := node.Annotations[annotationPrefix+k]
-		if !ok {
+		switch {
+		case want[k] == "" && ok:
+			problems = append(problems, fmt.Sprintf("annotation %s%s = %q, want none", annotationPrefix, k, got))
+		case want[k] == "":
+		case !ok:
 			problems = append(problems, fmt.Sprintf("annotation %s%s missing", annotationPrefix, k))
-		} else if got != want[k] {
+		case got != want[k]:
 			problems = append(problems, fmt.Sprintf("annotation %s%s = %q, want %q", annotationPrefix, k, got, want[k]))
 		}
 	}
@@ -224,12 +265,19 @@ func podOn(pods []*lab.Pod, n *lab.Node) *lab.Pod {
 
 // flapUnderlay sets eth0 of node n down and up again, as a cable pull
 // would. The kernel flushes every route through eth0 meanwhile, flanneld's
-// and the lab's default route alike; the latter is put back here, as the
-// node's network configuration would.
+// and the lab's default routes alike (IPv4, and IPv6 in an IPv6 lab); the
+// latter are put back here, as the node's network configuration would,
+// and so is eth0's IPv6 address, in case the kernel flushed it too
+// (without keep_addr_on_down).
 func flapUnderlay(t testing.TB, n *lab.Node) {
 	t.Helper()
 	mustExec(t, n.Netns, "ip", "link", "set", "eth0", "down")
 	time.Sleep(500 * time.Millisecond)
 	mustExec(t, n.Netns, "ip", "link", "set", "eth0", "up")
 	mustExec(t, n.Netns, "ip", "route", "replace", "default", "via", n.Segment.Gateway().String(), "dev", "eth0")
+	if n.IPv6.IsValid() {
+		addr := netip.PrefixFrom(n.IPv6, n.Segment.Prefix6().Bits()).String()
+		mustExec(t, n.Netns, "ip", "-6", "addr", "replace", addr, "dev", "eth0", "nodad")
+		mustExec(t, n.Netns, "ip", "-6", "route", "replace", "default", "via", n.Segment.Gateway6().String(), "dev", "eth0")
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -130,14 +131,32 @@ func TestVXLANCluster(t *testing.T) {
 // pingAll pings between every ordered pair of pods.
 func pingAll(t *testing.T, pods []*lab.Pod) {
 	t.Helper()
+	pingAllAt(t, pods, func(p *lab.Pod) netip.Addr { return p.IP })
+}
+
+// pingAll6 pings between every ordered pair of pods over IPv6.
+func pingAll6(t *testing.T, pods []*lab.Pod) {
+	t.Helper()
+	pingAllAt(t, pods, func(p *lab.Pod) netip.Addr { return p.IPv6 })
+}
+
+// pingAllAt pings between every ordered pair of pods, from the pod to the
+// address addr picks of the other.
+func pingAllAt(t *testing.T, pods []*lab.Pod, addr func(*lab.Pod) netip.Addr) {
+	t.Helper()
 	for _, from := range pods {
 		for _, to := range pods {
 			if from == to {
 				continue
 			}
-			err := lab.Poll(pingTimeout, func() error { return lab.Ping(from, to.IP) })
+			dst := addr(to)
+			if !dst.IsValid() {
+				t.Errorf("pod %s/%s has no address to ping", to.Node.Name, to.Name)
+				continue
+			}
+			err := lab.Poll(pingTimeout, func() error { return lab.Ping(from, dst) })
 			if err != nil {
-				t.Errorf("ping %s/%s (%s) -> %s/%s (%s): %v", from.Node.Name, from.Name, from.IP, to.Node.Name, to.Name, to.IP, err)
+				t.Errorf("ping %s/%s (%s) -> %s/%s (%s): %v", from.Node.Name, from.Name, addr(from), to.Node.Name, to.Name, dst, err)
 			}
 		}
 	}
@@ -146,9 +165,15 @@ func pingAll(t *testing.T, pods []*lab.Pod) {
 // vtepMAC is the MAC of flannel.1 in node n (waiting for the device).
 func vtepMAC(t testing.TB, n *lab.Node) string {
 	t.Helper()
+	return vtepMACOf(t, n, vxlanDevice)
+}
+
+// vtepMACOf is the MAC of the VXLAN device dev in node n (waiting for it).
+func vtepMACOf(t testing.TB, n *lab.Node, dev string) string {
+	t.Helper()
 	var mac string
-	lab.WaitFor(t, vxlanDevice+" on "+n.Name, convergeTimeout, func() error {
-		link, err := lab.ShowLink(n.Netns, vxlanDevice)
+	lab.WaitFor(t, dev+" on "+n.Name, convergeTimeout, func() error {
+		link, err := lab.ShowLink(n.Netns, dev)
 		mac = link.Address
 		return err
 	})
@@ -157,9 +182,15 @@ func vtepMAC(t testing.TB, n *lab.Node) string {
 
 func vtepMACs(t *testing.T, nodes []*lab.Node) map[*lab.Node]string {
 	t.Helper()
+	return vtepMACsOf(t, nodes, vxlanDevice)
+}
+
+// vtepMACsOf is the MAC of device dev in every node.
+func vtepMACsOf(t *testing.T, nodes []*lab.Node, dev string) map[*lab.Node]string {
+	t.Helper()
 	macs := map[*lab.Node]string{}
 	for _, n := range nodes {
-		macs[n] = vtepMAC(t, n)
+		macs[n] = vtepMACOf(t, n, dev)
 	}
 	return macs
 }
@@ -177,7 +208,15 @@ func checkVXLANDevice(ns string, i int) error {
 // checkVXLANDeviceOf checks flannel.1 in ns: local address local, address
 // netAddr/32, and the REFERENCE attributes on a 1500-byte eth0.
 func checkVXLANDeviceOf(ns, local, netAddr string) error {
-	link, err := lab.ShowLink(ns, vxlanDevice)
+	return checkVTEP(ns, familyIPv4, local, netAddr)
+}
+
+// checkVTEP checks the VXLAN device of family fam in ns (flannel.1,
+// flannel-v6.1): local address local, address netAddr/32 (/128, added
+// without duplicate address detection), and the REFERENCE attributes on a
+// 1500-byte eth0.
+func checkVTEP(ns string, fam podFamily, local, netAddr string) error {
+	link, err := lab.ShowLink(ns, fam.device)
 	if err != nil {
 		return err
 	}
@@ -188,28 +227,38 @@ func checkVXLANDeviceOf(ns, local, netAddr string) error {
 			problems = append(problems, fmt.Sprintf("%s = %v, want %v", what, got, want))
 		}
 	}
+	localKey, showAddrs := "local", lab.ShowAddrs
+	if fam.ipv6 {
+		localKey, showAddrs = "local6", lab.ShowAddrs6
+	}
 	check("kind", link.LinkInfo.InfoKind, "vxlan")
 	check("vxlan id", data["id"], 1)
-	check("local", data["local"], local)
+	check("local", data[localKey], local)
 	check("dev", data["link"], "eth0")
 	check("dstport", data["port"], 8472)
 	check("learning", data["learning"], false)
-	check("mtu", link.MTU, 1450)
+	check("mtu", link.MTU, fam.mtu)
 	check("up", link.IsUp(), true)
-	addrs, err := lab.ShowAddrs(ns, vxlanDevice)
+	addrs, err := showAddrs(ns, fam.device)
 	if err != nil {
 		return err
 	}
 	var got []string
 	for _, a := range addrs {
+		if a.Scope == "link" && fam.ipv6 {
+			continue // the kernel's own fe80:: address
+		}
 		got = append(got, a.String())
+		if fam.ipv6 && !a.NoDAD {
+			problems = append(problems, fmt.Sprintf("address %s is subject to duplicate address detection (want nodad)", a))
+		}
 	}
-	check("addresses", got, []string{netAddr + "/32"})
+	check("addresses", got, []string{fmt.Sprintf("%s/%d", netAddr, fam.hostBits())})
 	if eth0, err := lab.ShowLink(ns, "eth0"); err == nil {
 		check("eth0 mtu", eth0.MTU, 1500)
 	}
 	if len(problems) > 0 {
-		return fmt.Errorf("%s: %s", vxlanDevice, strings.Join(problems, "; "))
+		return fmt.Errorf("%s: %s", fam.device, strings.Join(problems, "; "))
 	}
 	return nil
 }
@@ -223,14 +272,21 @@ type peerState struct {
 // expectedPeerState is what node self needs for every other node except
 // gone (which must have been removed).
 func expectedPeerState(nodes []*lab.Node, macs map[*lab.Node]string, self int, gone *lab.Node) peerState {
+	return expectedPeerStateOf(familyIPv4, nodes, macs, self, gone)
+}
+
+// expectedPeerStateOf is expectedPeerState in address family fam, with the
+// MACs of the family's devices.
+func expectedPeerStateOf(fam podFamily, nodes []*lab.Node, macs map[*lab.Node]string, self int, gone *lab.Node) peerState {
 	var s peerState
+	dev := fam.device
 	for j, n := range nodes {
 		if j == self || n == gone {
 			continue
 		}
-		s.routes = append(s.routes, fmt.Sprintf("%s via %s dev %s onlink", podCIDR(j+1), podNetAddr(j+1), vxlanDevice))
-		s.neighbours = append(s.neighbours, fmt.Sprintf("%s dev %s lladdr %s PERMANENT", podNetAddr(j+1), vxlanDevice, macs[n]))
-		s.fdb = append(s.fdb, fmt.Sprintf("%s dev %s dst %s self permanent", macs[n], vxlanDevice, underlayIP(j+1)))
+		s.routes = append(s.routes, fmt.Sprintf("%s via %s dev %s onlink", fam.podCIDR(j+1), fam.podNetAddr(j+1), dev))
+		s.neighbours = append(s.neighbours, fmt.Sprintf("%s dev %s lladdr %s PERMANENT", fam.podNetAddr(j+1), dev, macs[n]))
+		s.fdb = append(s.fdb, fmt.Sprintf("%s dev %s dst %s self permanent", macs[n], dev, fam.nodeIP(n)))
 	}
 	return s
 }
@@ -240,13 +296,25 @@ func expectedPeerState(nodes []*lab.Node, macs map[*lab.Node]string, self int, g
 // gateway, device and onlink, not protocol (flanneld marks its routes with
 // its own protocol number).
 func checkPeerState(ns string, want peerState) error {
+	return checkPeerStateOf(ns, familyIPv4, want)
+}
+
+// checkPeerStateOf is checkPeerState for the device and neighbours of
+// family fam. The IPv6 routes the kernel adds itself to the device (for
+// its address and fe80::/64, "proto kernel") are not compared.
+func checkPeerStateOf(ns string, fam podFamily, want peerState) error {
 	var got peerState
-	routes, err := lab.ShowRoutes(ns)
+	dev := fam.device
+	showRoutes, showNeighbours := lab.ShowRoutes, lab.ShowNeighbours
+	if fam.ipv6 {
+		showRoutes, showNeighbours = lab.ShowRoutes6, lab.ShowNeighbours6
+	}
+	routes, err := showRoutes(ns)
 	if err != nil {
 		return err
 	}
 	for _, r := range routes {
-		if r.Dev == vxlanDevice {
+		if r.Dev == dev && !(fam.ipv6 && r.Protocol == "kernel") {
 			s := fmt.Sprintf("%s via %s dev %s", r.Dst, r.Gateway, r.Dev)
 			if r.Onlink() {
 				s += " onlink"
@@ -254,16 +322,16 @@ func checkPeerState(ns string, want peerState) error {
 			got.routes = append(got.routes, s)
 		}
 	}
-	neighs, err := lab.ShowNeighbours(ns)
+	neighs, err := showNeighbours(ns)
 	if err != nil {
 		return err
 	}
 	for _, n := range neighs {
-		if n.Dev == vxlanDevice {
+		if n.Dev == dev {
 			got.neighbours = append(got.neighbours, fmt.Sprintf("%s dev %s lladdr %s %s", n.Dst, n.Dev, n.LLAddr, strings.Join(n.State, ",")))
 		}
 	}
-	fdb, err := lab.ShowFDB(ns, vxlanDevice)
+	fdb, err := lab.ShowFDB(ns, dev)
 	if err != nil {
 		return err
 	}
@@ -278,9 +346,9 @@ func checkPeerState(ns string, want peerState) error {
 			problems = append(problems, fmt.Sprintf("%s:\n got:\n  %s\n want:\n  %s", what, strings.Join(got, "\n  "), strings.Join(want, "\n  ")))
 		}
 	}
-	compare("routes via "+vxlanDevice, got.routes, want.routes)
-	compare("neighbours on "+vxlanDevice, got.neighbours, want.neighbours)
-	compare("fdb of "+vxlanDevice, got.fdb, want.fdb)
+	compare("routes via "+dev, got.routes, want.routes)
+	compare("neighbours on "+dev, got.neighbours, want.neighbours)
+	compare("fdb of "+dev, got.fdb, want.fdb)
 	if len(problems) > 0 {
 		return errors.New(strings.Join(problems, "\n"))
 	}

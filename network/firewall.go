@@ -1,16 +1,160 @@
 package network
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync"
+	"time"
+
+	"k8s.io/klog/v2"
 )
 
 // This file holds flanneld's firewall rules as data: pure functions that turn
 // the cluster network and the node's lease into iptables rules, and the text
 // helpers that render and parse iptables-save style lines. Applying the rules
-// is the job of Firewall (firewall_iptables.go).
+// is the job of a RuleKeeper: Firewall (iptables, firewall_iptables.go) or
+// NFTFirewall (nftables, firewall_nftables.go).
+
+// RuleKeeper keeps flanneld's firewall rules in place in one mode: the
+// iptables Firewall (one per address family, joined with RuleKeepers) or
+// the nftables NFTFirewall (every family in one transaction). The daemon
+// and `flanneld diagnose` use either through this interface.
+type RuleKeeper interface {
+	// Ensure makes the kernel match the rules, changing nothing when it
+	// already does, and describes what it repaired.
+	Ensure() (repairs []string, err error)
+	// Check compares the kernel with the rules without changing anything,
+	// and describes each difference the way Ensure would report its repair.
+	Check() (problems []string, err error)
+	// Status says for each wanted rule, in order, whether the kernel has
+	// it, without changing anything.
+	Status() ([]RuleStatus, error)
+	// Run calls Ensure at once and then every interval until ctx is done,
+	// logging each repair and each error.
+	Run(ctx context.Context, interval time.Duration)
+}
+
+// RuleStatus is one wanted rule, as the keeper's mode writes it (an
+// iptables-save line, or an nft rule with its table and chain), and whether
+// the kernel has it.
+type RuleStatus struct {
+	Rule    string
+	Present bool
+}
+
+// RuleKeepers keeps the rules of several keepers as one, e.g. the iptables
+// and the ip6tables rules of a dual-stack node.
+type RuleKeepers []RuleKeeper
+
+// Ensure runs every keeper's Ensure and joins their repairs and errors.
+func (ks RuleKeepers) Ensure() ([]string, error) {
+	return ks.each(RuleKeeper.Ensure)
+}
+
+// Check runs every keeper's Check and joins their problems and errors.
+func (ks RuleKeepers) Check() ([]string, error) {
+	return ks.each(RuleKeeper.Check)
+}
+
+// Status joins the keepers' rule statuses, in order.
+func (ks RuleKeepers) Status() ([]RuleStatus, error) {
+	var (
+		all  []RuleStatus
+		errs []error
+	)
+	for _, k := range ks {
+		st, err := k.Status()
+		all = append(all, st...)
+		errs = append(errs, err)
+	}
+	return all, errors.Join(errs...)
+}
+
+// Run runs every keeper's loop until ctx is done.
+func (ks RuleKeepers) Run(ctx context.Context, interval time.Duration) {
+	var wg sync.WaitGroup
+	for _, k := range ks {
+		wg.Go(func() { k.Run(ctx, interval) })
+	}
+	wg.Wait()
+}
+
+func (ks RuleKeepers) each(fn func(RuleKeeper) ([]string, error)) ([]string, error) {
+	var (
+		all  []string
+		errs []error
+	)
+	for _, k := range ks {
+		out, err := fn(k)
+		all = append(all, out...)
+		errs = append(errs, err)
+	}
+	return all, errors.Join(errs...)
+}
+
+// keepRules is the loop of a RuleKeeper's Run: ensure calls Ensure, at once
+// and then every interval (5s when not positive) until ctx is done. Repairs
+// of the first pass are the initial installation; those of later passes are
+// restorations, also handed to onRestore when it is set.
+func keepRules(ctx context.Context, interval time.Duration, ensure func() ([]string, error), onRestore func([]string)) {
+	if interval <= 0 {
+		interval = 5 * time.Second
+	}
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	for first := true; ; first = false {
+		start := time.Now()
+		repairs, err := ensure()
+		msg := "Restored firewall rules"
+		if first {
+			msg = "Installed firewall rules"
+		}
+		for _, r := range repairs {
+			klog.InfoS(msg, "repair", r)
+		}
+		if !first && len(repairs) > 0 && onRestore != nil {
+			onRestore(repairs)
+		}
+		if err != nil {
+			klog.ErrorS(err, "Failed to ensure firewall rules")
+		}
+		klog.V(2).InfoS("Checked firewall rules", "duration", time.Since(start), "repairs", len(repairs))
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+	}
+}
+
+// RuleSet is what flanneld keeps in the firewall for one address family:
+// the masquerade rules (--ip-masq) and the forward accept rules
+// (--iptables-forward-rules) of the cluster network and this node's lease.
+// IPTablesRules renders it for iptables (ip6tables for IPv6), NFTTable for
+// nftables; both modes give the rules the same meaning.
+type RuleSet struct {
+	FirewallConfig
+	// Masq selects the masquerade rules, Forward the forward accept rules.
+	Masq, Forward bool
+}
+
+// IPv6 reports whether s is for IPv6 (ip6tables, the ip6 nftables table).
+func (s RuleSet) IPv6() bool { return s.Network.IsValid() && !s.Network.Addr().Is4() }
+
+// IPTablesRules returns s as iptables rules: MasqRules, then ForwardRules.
+func (s RuleSet) IPTablesRules() []Rule {
+	var rules []Rule
+	if s.Masq {
+		rules = append(rules, MasqRules(s.FirewallConfig)...)
+	}
+	if s.Forward {
+		rules = append(rules, ForwardRules(s.Network)...)
+	}
+	return rules
+}
 
 // Chains flanneld owns. The built-in POSTROUTING and FORWARD chains only get
 // one jump rule each into these.

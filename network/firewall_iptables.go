@@ -31,9 +31,17 @@ type IPTables interface {
 	Insert(table, chain string, pos int, rulespec ...string) error
 	// DeleteById deletes the rule at 1-based position id of chain.
 	DeleteById(table, chain string, id int) error
+	// Delete deletes the first rule of chain equal to rulespec (iptables -D).
+	Delete(table, chain string, rulespec ...string) error
+	// ClearAndDeleteChain flushes and deletes chain; nothing happens when
+	// the chain does not exist.
+	ClearAndDeleteChain(table, chain string) error
 }
 
-var _ IPTables = (*iptables.IPTables)(nil)
+var (
+	_ IPTables   = (*iptables.IPTables)(nil)
+	_ RuleKeeper = (*Firewall)(nil)
+)
 
 // xtablesLockWaitSeconds bounds how long one iptables call waits for the
 // xtables lock held by another agent (kube-proxy, ...): a stuck lock fails
@@ -64,7 +72,8 @@ var errChainMismatch = errors.New("chain differs from the wanted rules after rew
 // their wanted rules, and each rule in a built-in chain (the jumps into the
 // owned chains) exists. It is safe for concurrent use.
 type Firewall struct {
-	ipt IPTables
+	ipt   IPTables
+	rules []Rule // as given, for Status
 
 	mu     sync.Mutex
 	chains []*ownedChain // in the order their first rule appears
@@ -97,6 +106,7 @@ func NewFirewall(ipt IPTables, rules []Rule) *Firewall {
 	f := &Firewall{ipt: ipt}
 	byName := map[string]*ownedChain{}
 	for _, r := range rules {
+		f.rules = append(f.rules, Rule{Table: r.Table, Chain: r.Chain, Spec: slices.Clone(r.Spec)})
 		if builtinChains[r.Chain] {
 			f.hooks = append(f.hooks, r)
 			continue
@@ -196,40 +206,27 @@ func (f *Firewall) Check() (problems []string, err error) {
 // Run calls Ensure at once and then every interval until ctx is done,
 // logging each repair and each error. A non-positive interval means 5s.
 func (f *Firewall) Run(ctx context.Context, interval time.Duration) {
-	if interval <= 0 {
-		interval = 5 * time.Second
-	}
-	ticker := time.NewTicker(interval)
-	defer ticker.Stop()
-	for first := true; ; first = false {
-		f.ensureAndLog(first)
-		select {
-		case <-ctx.Done():
-			return
-		case <-ticker.C:
-		}
-	}
+	keepRules(ctx, interval, f.Ensure, f.OnRestore)
 }
 
-// ensureAndLog runs one Ensure pass and logs its outcome. Repairs found by
-// the first pass are the initial installation, not a restoration.
-func (f *Firewall) ensureAndLog(first bool) {
-	start := time.Now()
-	repairs, err := f.Ensure()
-	msg := "Restored firewall rules"
-	if first {
-		msg = "Installed firewall rules"
+// Status says for each rule, in the order NewFirewall got them, whether
+// iptables finds it (iptables -C); it changes nothing.
+func (f *Firewall) Status() ([]RuleStatus, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var (
+		out  []RuleStatus
+		errs []error
+	)
+	for _, r := range f.rules {
+		ok, err := f.ipt.Exists(r.Table, r.Chain, r.Spec...)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("checking rule %s: %w", r, err))
+			continue
+		}
+		out = append(out, RuleStatus{Rule: r.String(), Present: ok})
 	}
-	for _, r := range repairs {
-		klog.InfoS(msg, "repair", r)
-	}
-	if !first && len(repairs) > 0 && f.OnRestore != nil {
-		f.OnRestore(repairs)
-	}
-	if err != nil {
-		klog.ErrorS(err, "Failed to ensure firewall rules")
-	}
-	klog.V(2).InfoS("Checked firewall rules", "duration", time.Since(start), "repairs", len(repairs))
+	return out, errors.Join(errs...)
 }
 
 // ensureChain makes owned chain c exist with exactly its wanted rules, and

@@ -406,6 +406,45 @@ func (f *fakeIPTables) DeleteById(table, chain string, id int) error {
 	return nil
 }
 
+func (f *fakeIPTables) Delete(table, chain string, spec ...string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.mutations = append(f.mutations, strings.Join(append([]string{"Delete", table, chain}, spec...), " "))
+	rules, err := f.lookup("Delete", table, chain)
+	if err != nil {
+		return err
+	}
+	i := slices.IndexFunc(rules, func(r []string) bool { return slices.Equal(r, spec) })
+	if i < 0 {
+		return fmt.Errorf("fake: no such rule in %s/%s", table, chain)
+	}
+	f.tables[table].rules[chain] = slices.Delete(rules, i, i+1)
+	return nil
+}
+
+func (f *fakeIPTables) ClearAndDeleteChain(table, chain string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.check("ClearAndDeleteChain", table, chain); err != nil {
+		return err
+	}
+	t := f.tables[table]
+	if _, ok := t.rules[chain]; !ok {
+		return nil
+	}
+	f.mutations = append(f.mutations, "ClearAndDeleteChain "+table+" "+chain)
+	for name, rules := range t.rules {
+		for _, r := range rules {
+			if name != chain && jumpTarget(r) == chain {
+				return fmt.Errorf("fake: chain %s/%s is still jumped to from %s", table, chain, name)
+			}
+		}
+	}
+	delete(t.rules, chain)
+	t.chains = slices.DeleteFunc(t.chains, func(c string) bool { return c == chain })
+	return nil
+}
+
 // dump renders all rules of nat, then filter, like iptables-save would list
 // them, in the format of Render.
 func (f *fakeIPTables) dump() string {

@@ -10,36 +10,47 @@ import (
 	"github.com/flanneld/flanneld/backend"
 	"github.com/flanneld/flanneld/ip"
 	"github.com/flanneld/flanneld/network"
-	"github.com/flanneld/flanneld/pkg/kernel"
 	"github.com/flanneld/flanneld/subnet"
 )
 
 // Type is the backend's name in net-conf.json and in the backend-type annotation.
 const Type = "host-gw"
 
-// Backend is the host-gw backend for IPv4.
+// Backend is the host-gw backend, for IPv4, IPv6 or both.
 type Backend struct {
-	ext   *ip.ExternalInterface
-	reach ip.Reachability
+	ext        *ip.ExternalInterface
+	reach      ip.Reachability
+	ipv4, ipv6 bool
 }
 
 var _ backend.Backend = (*Backend)(nil)
 
 // New returns the backend; host-gw has no options.
 func New(p backend.Params) (backend.Backend, error) {
-	if !p.ExtIface.IfaceAddr.IsValid() {
+	b := &Backend{ext: p.ExtIface, reach: p.Reach, ipv4: p.Config.EnableIPv4, ipv6: p.Config.EnableIPv6}
+	if b.ipv4 && !p.ExtIface.IfaceAddr.IsValid() {
 		return nil, fmt.Errorf("host-gw: interface %s has no IPv4 address", p.ExtIface.Name)
+	}
+	if b.ipv6 && !p.ExtIface.IfaceV6Addr.IsValid() {
+		return nil, fmt.Errorf("host-gw: interface %s has no global IPv6 address", p.ExtIface.Name)
 	}
 	if p.Reach == nil {
 		return nil, fmt.Errorf("host-gw: no reachability check")
 	}
-	return &Backend{ext: p.ExtIface, reach: p.Reach}, nil
+	return b, nil
 }
 
 // Setup implements backend.Backend: there is no device; the node
-// advertises its public IP and no backend data.
+// advertises its public IPs and no backend data.
 func (b *Backend) Setup(context.Context, *subnet.LeaseAttrs) (subnet.LeaseAttrs, error) {
-	return subnet.LeaseAttrs{PublicIP: b.ext.ExtAddr, BackendType: Type}, nil
+	attrs := subnet.LeaseAttrs{BackendType: Type}
+	if b.ipv4 {
+		attrs.PublicIP = b.ext.ExtAddr
+	}
+	if b.ipv6 {
+		attrs.PublicIPv6 = b.ext.ExtV6Addr
+	}
+	return attrs, nil
 }
 
 // Attach implements backend.Backend: there is no device.
@@ -54,21 +65,24 @@ func (b *Backend) MTU() int { return b.ext.MTU }
 // Base implements backend.Backend: host-gw owns no device.
 func (b *Backend) Base() network.State { return network.State{} }
 
-// PeerState implements backend.Backend: a route to the peer's subnet via
-// its public IP, if that is on this node's segment.
+// PeerState implements backend.Backend: per address family both sides
+// have, a route to the peer's subnet via its public IP, if that is on this
+// node's segment.
 func (b *Backend) PeerState(peer subnet.Lease) (network.State, error) {
 	if peer.Attrs.BackendType != Type {
 		return network.State{}, fmt.Errorf("%w: peer %s uses backend %q, this node uses %q", backend.ErrPeerData, peer.Name, peer.Attrs.BackendType, Type)
 	}
-	if !peer.Subnet.IsValid() || !peer.Subnet.Addr().Is4() {
-		return network.State{}, fmt.Errorf("%w: peer %s has no IPv4 subnet", backend.ErrPeerData, peer.Name)
-	}
-	if !peer.Attrs.PublicIP.Is4() {
-		return network.State{}, fmt.Errorf("%w: peer %s has no IPv4 public-ip", backend.ErrPeerData, peer.Name)
-	}
-	rt, err := backend.DirectRoute(b.reach, b.ext, peer)
+	fams, err := backend.PeerFamilies(peer, b.ipv4, b.ipv6)
 	if err != nil {
 		return network.State{}, err
 	}
-	return network.State{Routes: []kernel.Route{rt}}, nil
+	var st network.State
+	for _, f := range fams {
+		rt, err := backend.DirectRoute(b.reach, b.ext, peer.Name, f.Subnet, f.PublicIP)
+		if err != nil {
+			return network.State{}, err
+		}
+		st.Routes = append(st.Routes, rt)
+	}
+	return st, nil
 }

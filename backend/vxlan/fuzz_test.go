@@ -49,7 +49,7 @@ func FuzzParsePeer(f *testing.F) {
 			lease.Attrs.PublicIP = a
 		}
 
-		mac, err := parsePeer(lease, vni)
+		mac, err := parseV4(lease, vni)
 		if err != nil {
 			if !errors.Is(err, ErrPeerData) {
 				t.Fatalf("error %q does not wrap ErrPeerData", err)
@@ -83,7 +83,7 @@ func FuzzParsePeer(f *testing.F) {
 		}
 		again := lease
 		again.Attrs.BackendData = own
-		if mac2, err := parsePeer(again, vni); err != nil || mac2 != mac {
+		if mac2, err := parseV4(again, vni); err != nil || mac2 != mac {
 			t.Fatalf("re-parsing %s: %s, %v; want %s", own, mac2, err, mac)
 		}
 

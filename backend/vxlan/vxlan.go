@@ -19,8 +19,10 @@ const Type = "vxlan"
 const (
 	// defaultPort is the port the Linux kernel has always used for VXLAN.
 	defaultPort = 8472
-	// overheadIPv4 is the outer Ethernet+IPv4+UDP+VXLAN headers' size.
+	// overheadIPv4 is the outer Ethernet+IPv4+UDP+VXLAN headers' size;
+	// overheadIPv6 the same with an outer IPv6 header.
 	overheadIPv4 = 50
+	overheadIPv6 = 70
 	maxVNI       = 1<<24 - 1
 )
 
@@ -71,33 +73,56 @@ type peerData struct {
 // ErrPeerData is wrapped by every error about a peer's unusable lease.
 var ErrPeerData = backend.ErrPeerData
 
-// parsePeer validates a peer's lease for this backend.
-func parsePeer(peer subnet.Lease, vni int) (kernel.MAC, error) {
+// peerVTEP is a peer's VTEP in one address family.
+type peerVTEP struct {
+	backend.Family
+	MAC kernel.MAC
+}
+
+// parsePeer validates a peer's lease for this backend and returns its VTEPs
+// in the address families both sides use (ipv4, ipv6 are this node's).
+func parsePeer(peer subnet.Lease, vni int, ipv4, ipv6 bool) ([]peerVTEP, error) {
 	if peer.Attrs.BackendType != Type {
-		return kernel.MAC{}, fmt.Errorf("%w: peer %s uses backend %q, this node uses %q", ErrPeerData, peer.Name, peer.Attrs.BackendType, Type)
+		return nil, fmt.Errorf("%w: peer %s uses backend %q, this node uses %q", ErrPeerData, peer.Name, peer.Attrs.BackendType, Type)
 	}
-	if !peer.Subnet.IsValid() || !peer.Subnet.Addr().Is4() {
-		return kernel.MAC{}, fmt.Errorf("%w: peer %s has no IPv4 subnet", ErrPeerData, peer.Name)
+	fams, err := backend.PeerFamilies(peer, ipv4, ipv6)
+	if err != nil {
+		return nil, err
 	}
-	if !peer.Attrs.PublicIP.IsValid() || !peer.Attrs.PublicIP.Is4() {
-		return kernel.MAC{}, fmt.Errorf("%w: peer %s has no IPv4 public-ip", ErrPeerData, peer.Name)
+	vteps := make([]peerVTEP, 0, len(fams))
+	for _, f := range fams {
+		mac, err := parseData(peer.Name, f, vni)
+		if err != nil {
+			return nil, err
+		}
+		vteps = append(vteps, peerVTEP{Family: f, MAC: mac})
+	}
+	return vteps, nil
+}
+
+// parseData reads the VTEP MAC from a peer's backend-data (or
+// backend-v6-data) and checks its VNI.
+func parseData(name string, f backend.Family, vni int) (kernel.MAC, error) {
+	key := "backend-data"
+	if f.IPv6 {
+		key = "backend-v6-data"
 	}
 	var d peerData
-	if err := json.Unmarshal(peer.Attrs.BackendData, &d); err != nil {
-		return kernel.MAC{}, fmt.Errorf("%w: peer %s has malformed backend-data %q: %v", ErrPeerData, peer.Name, peer.Attrs.BackendData, err)
+	if err := json.Unmarshal(f.BackendData, &d); err != nil {
+		return kernel.MAC{}, fmt.Errorf("%w: peer %s has malformed %s %q: %v", ErrPeerData, name, key, f.BackendData, err)
 	}
 	if d.VNI == nil {
-		return kernel.MAC{}, fmt.Errorf("%w: peer %s backend-data has no VNI", ErrPeerData, peer.Name)
+		return kernel.MAC{}, fmt.Errorf("%w: peer %s %s has no VNI", ErrPeerData, name, key)
 	}
 	if *d.VNI != vni {
-		return kernel.MAC{}, fmt.Errorf("%w: peer %s uses VNI %d, this node uses %d", ErrPeerData, peer.Name, *d.VNI, vni)
+		return kernel.MAC{}, fmt.Errorf("%w: peer %s uses VNI %d, this node uses %d", ErrPeerData, name, *d.VNI, vni)
 	}
 	mac, err := kernel.ParseMAC(d.VtepMAC)
 	if err != nil {
-		return kernel.MAC{}, fmt.Errorf("%w: peer %s has a bad VtepMAC %q: %v", ErrPeerData, peer.Name, d.VtepMAC, err)
+		return kernel.MAC{}, fmt.Errorf("%w: peer %s has a bad VtepMAC %q: %v", ErrPeerData, name, d.VtepMAC, err)
 	}
 	if mac.IsZero() || mac[0]&1 == 1 {
-		return kernel.MAC{}, fmt.Errorf("%w: peer %s has VtepMAC %s, which is not a unicast address", ErrPeerData, peer.Name, mac)
+		return kernel.MAC{}, fmt.Errorf("%w: peer %s has VtepMAC %s, which is not a unicast address", ErrPeerData, name, mac)
 	}
 	return mac, nil
 }

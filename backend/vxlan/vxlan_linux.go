@@ -10,6 +10,7 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
 	"github.com/flanneld/flanneld/backend"
@@ -19,16 +20,26 @@ import (
 	"github.com/flanneld/flanneld/subnet"
 )
 
-// Backend is the VXLAN backend for IPv4.
+// Backend is the VXLAN backend: flannel.<VNI> over an IPv4 underlay for
+// IPv4 pods and flannel-v6.<VNI> over an IPv6 underlay for IPv6 pods, one
+// or both.
 type Backend struct {
 	opts  Options
 	ext   *ip.ExternalInterface
 	h     *netlink.Handle
 	reach ip.Reachability
 
-	name      string // flannel.<VNI>
-	mtu       int
-	linkIndex int // set by Setup
+	v4, v6 *vtep // nil when the address family is off
+}
+
+// vtep is the device of one address family.
+type vtep struct {
+	ipv6      bool
+	name      string     // flannel.<VNI> or flannel-v6.<VNI>
+	mtu       int        // the device's MTU
+	local     netip.Addr // underlay address the device sends from
+	public    netip.Addr // underlay address advertised to peers
+	linkIndex int        // set by Setup
 	mac       kernel.MAC
 }
 
@@ -40,9 +51,6 @@ func New(p backend.Params) (backend.Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !p.ExtIface.IfaceAddr.IsValid() {
-		return nil, fmt.Errorf("vxlan: interface %s has no IPv4 address to use as the VTEP's local address", p.ExtIface.Name)
-	}
 	if opts.DirectRouting && p.Reach == nil {
 		return nil, errors.New("vxlan: DirectRouting needs a reachability check")
 	}
@@ -50,52 +58,108 @@ func New(p backend.Params) (backend.Backend, error) {
 	if opts.MTU > 0 {
 		underlayMTU = opts.MTU
 	}
-	mtu := underlayMTU - overheadIPv4
-	if mtu < 576 {
-		return nil, fmt.Errorf("vxlan: MTU %d of interface %s leaves only %d bytes for pods", underlayMTU, p.ExtIface.Name, mtu)
+	b := &Backend{opts: opts, ext: p.ExtIface, h: p.Handle, reach: p.Reach}
+	newVTEP := func(ipv6 bool, name string, local, public netip.Addr, overhead int) (*vtep, error) {
+		family := "IPv4"
+		if ipv6 {
+			family = "global IPv6"
+		}
+		if !local.IsValid() {
+			return nil, fmt.Errorf("vxlan: interface %s has no %s address to use as the VTEP's local address", p.ExtIface.Name, family)
+		}
+		mtu := underlayMTU - overhead
+		if mtu < 576 {
+			return nil, fmt.Errorf("vxlan: MTU %d of interface %s leaves only %d bytes for pods after %d bytes of VXLAN over %s", underlayMTU, p.ExtIface.Name, mtu, overhead, family)
+		}
+		return &vtep{ipv6: ipv6, name: name, mtu: mtu, local: local, public: public}, nil
 	}
-	return &Backend{
-		opts:  opts,
-		ext:   p.ExtIface,
-		h:     p.Handle,
-		reach: p.Reach,
-		name:  fmt.Sprintf("flannel.%d", opts.VNI),
-		mtu:   mtu,
-	}, nil
+	if p.Config.EnableIPv4 {
+		if b.v4, err = newVTEP(false, fmt.Sprintf("flannel.%d", opts.VNI), p.ExtIface.IfaceAddr, p.ExtIface.ExtAddr, overheadIPv4); err != nil {
+			return nil, err
+		}
+	}
+	if p.Config.EnableIPv6 {
+		if b.v6, err = newVTEP(true, fmt.Sprintf("flannel-v6.%d", opts.VNI), p.ExtIface.IfaceV6Addr, p.ExtIface.ExtV6Addr, overheadIPv6); err != nil {
+			return nil, err
+		}
+	}
+	if b.v4 == nil && b.v6 == nil {
+		return nil, errors.New("vxlan: neither IPv4 nor IPv6 is enabled")
+	}
+	return b, nil
 }
 
-// MTU implements backend.Backend.
-func (b *Backend) MTU() int { return b.mtu }
+// vteps returns the devices in use, IPv4 first.
+func (b *Backend) vteps() []*vtep {
+	var vs []*vtep
+	for _, v := range []*vtep{b.v4, b.v6} {
+		if v != nil {
+			vs = append(vs, v)
+		}
+	}
+	return vs
+}
 
-// Base implements backend.Backend: flanneld owns the whole VXLAN device.
-func (b *Backend) Base() network.State { return network.State{OwnedLinks: []int{b.linkIndex}} }
+// MTU implements backend.Backend: pods get one MTU for both families, the
+// smaller of the devices'.
+func (b *Backend) MTU() int {
+	mtu := 0
+	for _, v := range b.vteps() {
+		if mtu == 0 || v.mtu < mtu {
+			mtu = v.mtu
+		}
+	}
+	return mtu
+}
 
-// PeerState implements backend.Backend. With DirectRouting, a peer on
-// this node's L2 segment gets a plain route through its public IP instead
-// of the VXLAN entries.
+// Base implements backend.Backend: flanneld owns the whole VXLAN devices.
+func (b *Backend) Base() network.State {
+	var st network.State
+	for _, v := range b.vteps() {
+		st.OwnedLinks = append(st.OwnedLinks, v.linkIndex)
+	}
+	return st
+}
+
+// PeerState implements backend.Backend: the VXLAN entries of each address
+// family both sides use. With DirectRouting, a peer on this node's L2
+// segment gets a plain route through its public IP instead.
 func (b *Backend) PeerState(peer subnet.Lease) (network.State, error) {
-	mac, err := parsePeer(peer, b.opts.VNI)
+	vteps, err := parsePeer(peer, b.opts.VNI, b.v4 != nil, b.v6 != nil)
 	if err != nil {
 		return network.State{}, err
 	}
-	if b.opts.DirectRouting {
-		rt, err := backend.DirectRoute(b.reach, b.ext, peer)
-		if err == nil {
-			return network.State{Routes: []kernel.Route{rt}}, nil
+	var st network.State
+	for _, pv := range vteps {
+		if b.opts.DirectRouting {
+			rt, err := backend.DirectRoute(b.reach, b.ext, peer.Name, pv.Subnet, pv.PublicIP)
+			if err == nil {
+				st.Routes = append(st.Routes, rt)
+				continue
+			}
+			klog.V(2).InfoS("Peer is not directly reachable; using VXLAN", "node", peer.Name, "reason", err.Error())
 		}
-		klog.V(2).InfoS("Peer is not directly reachable; using VXLAN", "node", peer.Name, "reason", err.Error())
+		dev := b.v4
+		if pv.IPv6 {
+			dev = b.v6
+		}
+		st.Merge(peerState(dev.linkIndex, pv.Subnet, pv.PublicIP, pv.MAC))
 	}
-	return peerState(b.linkIndex, peer.Subnet, peer.Attrs.PublicIP, mac), nil
+	return st, nil
 }
 
-// previousMAC returns the VTEP MAC this node advertised before, if it used
-// the same backend and VNI.
-func (b *Backend) previousMAC(prev *subnet.LeaseAttrs) net.HardwareAddr {
+// previousMAC returns the VTEP MAC this node advertised before for the
+// address family, if it used the same backend and VNI.
+func (b *Backend) previousMAC(ipv6 bool, prev *subnet.LeaseAttrs) net.HardwareAddr {
 	if prev == nil || prev.BackendType != Type {
 		return nil
 	}
+	raw := prev.BackendData
+	if ipv6 {
+		raw = prev.BackendV6Data
+	}
 	var d Data
-	if json.Unmarshal(prev.BackendData, &d) != nil || d.VNI != b.opts.VNI {
+	if json.Unmarshal(raw, &d) != nil || d.VNI != b.opts.VNI {
 		return nil
 	}
 	mac, err := kernel.ParseMAC(d.VtepMAC)
@@ -105,75 +169,100 @@ func (b *Backend) previousMAC(prev *subnet.LeaseAttrs) net.HardwareAddr {
 	return mac.HardwareAddr()
 }
 
-// Setup implements backend.Backend: it creates flannel.<VNI>, or reuses a
-// compatible existing one with its MAC, and returns the attributes to
+// Setup implements backend.Backend: it creates the devices, or reuses
+// compatible existing ones with their MACs, and returns the attributes to
 // advertise.
 func (b *Backend) Setup(_ context.Context, prev *subnet.LeaseAttrs) (subnet.LeaseAttrs, error) {
+	attrs := subnet.LeaseAttrs{BackendType: Type}
+	for _, v := range b.vteps() {
+		data, err := b.setupVTEP(v, prev)
+		if err != nil {
+			return subnet.LeaseAttrs{}, err
+		}
+		if v.ipv6 {
+			attrs.PublicIPv6, attrs.BackendV6Data = v.public, data
+		} else {
+			attrs.PublicIP, attrs.BackendData = v.public, data
+		}
+	}
+	return attrs, nil
+}
+
+// setupVTEP ensures one device and returns its backend data.
+func (b *Backend) setupVTEP(v *vtep, prev *subnet.LeaseAttrs) (json.RawMessage, error) {
 	// At start-up an existing device keeps its MAC and a new one gets the
 	// MAC advertised before; afterwards the MAC advertised now is enforced.
-	mac, enforceMAC := b.previousMAC(prev), !b.mac.IsZero()
+	mac, enforceMAC := b.previousMAC(v.ipv6, prev), !v.mac.IsZero()
 	if enforceMAC {
-		mac = b.mac.HardwareAddr()
+		mac = v.mac.HardwareAddr()
 	}
 	want := &netlink.Vxlan{
 		LinkAttrs: netlink.LinkAttrs{
-			Name:         b.name,
-			MTU:          b.mtu,
+			Name:         v.name,
+			MTU:          v.mtu,
 			HardwareAddr: mac,
 		},
 		VxlanId:      b.opts.VNI,
 		VtepDevIndex: b.ext.Index,
-		SrcAddr:      b.ext.IfaceAddr.AsSlice(),
+		SrcAddr:      v.local.AsSlice(),
 		Port:         b.opts.Port,
 		Learning:     b.opts.Learning,
 		GBP:          b.opts.GBP,
 	}
 	link, err := ensureDevice(b.h, want, enforceMAC)
 	if err != nil {
-		return subnet.LeaseAttrs{}, err
+		return nil, err
 	}
 	devMAC, err := kernel.MACFromHardwareAddr(link.Attrs().HardwareAddr)
 	if err != nil {
-		return subnet.LeaseAttrs{}, fmt.Errorf("vxlan device %s: %w", b.name, err)
+		return nil, fmt.Errorf("vxlan device %s: %w", v.name, err)
 	}
-	b.linkIndex, b.mac = link.Attrs().Index, devMAC
-	data, err := json.Marshal(Data{VNI: b.opts.VNI, VtepMAC: devMAC.String()})
-	if err != nil {
-		return subnet.LeaseAttrs{}, err
-	}
-	return subnet.LeaseAttrs{PublicIP: b.ext.ExtAddr, BackendType: Type, BackendData: data}, nil
+	v.linkIndex, v.mac = link.Attrs().Index, devMAC
+	return json.Marshal(Data{VNI: b.opts.VNI, VtepMAC: devMAC.String()})
 }
 
 // Attach implements backend.Backend.
 func (b *Backend) Attach() error {
-	link, err := b.h.LinkByName(b.name)
-	if err != nil {
-		return fmt.Errorf("vxlan device %s: %w", b.name, err)
+	for _, v := range b.vteps() {
+		link, err := b.h.LinkByName(v.name)
+		if err != nil {
+			return fmt.Errorf("vxlan device %s: %w", v.name, err)
+		}
+		mac, err := kernel.MACFromHardwareAddr(link.Attrs().HardwareAddr)
+		if err != nil {
+			return fmt.Errorf("vxlan device %s: %w", v.name, err)
+		}
+		v.linkIndex, v.mac = link.Attrs().Index, mac
 	}
-	mac, err := kernel.MACFromHardwareAddr(link.Attrs().HardwareAddr)
-	if err != nil {
-		return fmt.Errorf("vxlan device %s: %w", b.name, err)
-	}
-	b.linkIndex, b.mac = link.Attrs().Index, mac
 	return nil
 }
 
-// Configure implements backend.Backend: the device gets the network address
-// of the node's subnet as a /32, and is brought up.
+// Configure implements backend.Backend: each device gets the network
+// address of the node's subnet of its family as a /32 (/128), and is
+// brought up.
 func (b *Backend) Configure(_ context.Context, own subnet.Lease) error {
-	link, err := b.h.LinkByIndex(b.linkIndex)
-	if err != nil {
-		return fmt.Errorf("vxlan device %s: %w", b.name, err)
-	}
-	addr := netip.PrefixFrom(own.Subnet.Masked().Addr(), 32)
-	if err := ensureOnlyAddress(b.h, link, addr); err != nil {
-		return err
-	}
-	if link.Attrs().Flags&net.FlagUp != 0 {
-		return nil
-	}
-	if err := b.h.LinkSetUp(link); err != nil {
-		return fmt.Errorf("set %s up: %w", b.name, err)
+	for _, v := range b.vteps() {
+		sn := own.Subnet
+		if v.ipv6 {
+			sn = own.IPv6Subnet
+		}
+		if !sn.IsValid() {
+			return fmt.Errorf("vxlan device %s: this node's lease has no subnet of its address family", v.name)
+		}
+		link, err := b.h.LinkByIndex(v.linkIndex)
+		if err != nil {
+			return fmt.Errorf("vxlan device %s: %w", v.name, err)
+		}
+		addr := netip.PrefixFrom(sn.Masked().Addr(), sn.Addr().BitLen())
+		if err := ensureOnlyAddress(b.h, link, addr); err != nil {
+			return err
+		}
+		if link.Attrs().Flags&net.FlagUp != 0 {
+			continue
+		}
+		if err := b.h.LinkSetUp(link); err != nil {
+			return fmt.Errorf("set %s up: %w", v.name, err)
+		}
 	}
 	return nil
 }
@@ -247,9 +336,15 @@ func ensureDevice(h *netlink.Handle, want *netlink.Vxlan, enforceMAC bool) (netl
 	return link, nil
 }
 
-// ensureOnlyAddress gives link exactly one IPv4 address, addr.
+// ensureOnlyAddress gives link exactly one address of addr's family, addr
+// (IPv6 link-local addresses, which the kernel adds itself, are left
+// alone).
 func ensureOnlyAddress(h *netlink.Handle, link netlink.Link, addr netip.Prefix) error {
-	addrs, err := h.AddrList(link, netlink.FAMILY_V4)
+	family := netlink.FAMILY_V4
+	if addr.Addr().Is6() {
+		family = netlink.FAMILY_V6
+	}
+	addrs, err := h.AddrList(link, family)
 	if err != nil {
 		return fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
 	}
@@ -260,6 +355,9 @@ func ensureOnlyAddress(h *netlink.Handle, link netlink.Link, addr netip.Prefix) 
 			found = true
 			continue
 		}
+		if p.Addr().IsLinkLocalUnicast() {
+			continue
+		}
 		klog.InfoS("Removing stale address", "device", link.Attrs().Name, "address", p)
 		if err := h.AddrDel(link, &a); err != nil {
 			return fmt.Errorf("remove stale address %s from %s: %w", p, link.Attrs().Name, err)
@@ -268,7 +366,11 @@ func ensureOnlyAddress(h *netlink.Handle, link netlink.Link, addr netip.Prefix) 
 	if found {
 		return nil
 	}
-	if err := h.AddrAdd(link, &netlink.Addr{IPNet: ip.IPNetFromPrefix(addr)}); err != nil {
+	na := &netlink.Addr{IPNet: ip.IPNetFromPrefix(addr)}
+	if addr.Addr().Is6() {
+		na.Flags = unix.IFA_F_NODAD // the address is ours alone: no duplicate detection delay
+	}
+	if err := h.AddrAdd(link, na); err != nil {
 		return fmt.Errorf("add address %s to %s: %w", addr, link.Attrs().Name, err)
 	}
 	return nil

@@ -169,7 +169,7 @@ func TestParsePeer(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			mac, err := parsePeer(tt.lease, tt.vni)
+			mac, err := parseV4(tt.lease, tt.vni)
 			if len(tt.wantErr) > 0 {
 				if err == nil {
 					t.Fatalf("parsePeer succeeded with %s, want an error", mac)
@@ -238,13 +238,23 @@ func TestPeerState(t *testing.T) {
 }
 
 func testExt() *ip.ExternalInterface {
-	a := netip.MustParseAddr("192.168.100.11")
-	return &ip.ExternalInterface{Name: "eth0", Index: 2, MTU: 1500, IfaceAddr: a, ExtAddr: a}
+	a, a6 := netip.MustParseAddr("192.168.100.11"), netip.MustParseAddr("fd00:100::11")
+	return &ip.ExternalInterface{Name: "eth0", Index: 2, MTU: 1500, IfaceAddr: a, ExtAddr: a, IfaceV6Addr: a6, ExtV6Addr: a6}
 }
 
 func testConfig(t *testing.T, backendJSON string) *subnet.Config {
 	t.Helper()
-	c, err := subnet.ParseConfig([]byte(`{"Network":"10.244.0.0/16","Backend":` + backendJSON + `}`))
+	return testConfigOf(t, `{"Network":"10.244.0.0/16","Backend":`+backendJSON+`}`)
+}
+
+const (
+	dualStack = `{"Network":"10.244.0.0/16","IPv6Network":"fd00:10:244::/56","EnableIPv6":true,"Backend":{"Type":"vxlan"}}`
+	ipv6Only  = `{"EnableIPv4":false,"IPv6Network":"fd00:10:244::/56","EnableIPv6":true,"Backend":{"Type":"vxlan"}}`
+)
+
+func testConfigOf(t *testing.T, netConf string) *subnet.Config {
+	t.Helper()
+	c, err := subnet.ParseConfig([]byte(netConf))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,6 +265,7 @@ func TestNew(t *testing.T) {
 	tests := []struct {
 		name     string
 		backend  string
+		conf     string // whole net-conf.json instead of backend
 		ext      func(e *ip.ExternalInterface)
 		wantMTU  int
 		wantName string
@@ -272,6 +283,12 @@ func TestNew(t *testing.T) {
 			wantErr: "eth0 has no IPv4 address"},
 		{name: "interface MTU too small", backend: `{"Type":"vxlan"}`, ext: func(e *ip.ExternalInterface) { e.MTU = 600 },
 			wantErr: "MTU 600"},
+		{name: "dual stack: pods get the smaller MTU, IPv6 over IPv6 costs 70", conf: dualStack, wantMTU: 1430, wantName: "flannel.1,flannel-v6.1"},
+		{name: "IPv6 only", conf: ipv6Only, wantMTU: 1430, wantName: "flannel-v6.1"},
+		{name: "IPv6 only needs no IPv4 address", conf: ipv6Only, ext: func(e *ip.ExternalInterface) { e.IfaceAddr, e.ExtAddr = netip.Addr{}, netip.Addr{} },
+			wantMTU: 1430, wantName: "flannel-v6.1"},
+		{name: "dual stack without an IPv6 address", conf: dualStack, ext: func(e *ip.ExternalInterface) { e.IfaceV6Addr = netip.Addr{} },
+			wantErr: "eth0 has no global IPv6 address"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -280,7 +297,12 @@ func TestNew(t *testing.T) {
 				tt.ext(ext)
 			}
 			// No handle: New must not touch the kernel.
-			be, err := New(backend.Params{Config: testConfig(t, tt.backend), ExtIface: ext})
+			netConf := tt.conf
+			if netConf == "" {
+				netConf = `{"Network":"10.244.0.0/16","Backend":` + tt.backend + `}`
+			}
+			cfg := testConfigOf(t, netConf)
+			be, err := New(backend.Params{Config: cfg, ExtIface: ext})
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("New error = %v, want one containing %q", err, tt.wantErr)
@@ -293,7 +315,11 @@ func TestNew(t *testing.T) {
 			if be.MTU() != tt.wantMTU {
 				t.Errorf("MTU() = %d, want %d", be.MTU(), tt.wantMTU)
 			}
-			if name := be.(*Backend).name; name != tt.wantName {
+			var names []string
+			for _, v := range be.(*Backend).vteps() {
+				names = append(names, v.name)
+			}
+			if name := strings.Join(names, ","); name != tt.wantName {
 				t.Errorf("device name = %s, want %s", name, tt.wantName)
 			}
 		})
@@ -306,7 +332,7 @@ func TestBackendPeerState(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := be.(*Backend)
-	b.linkIndex = 9 // as Setup would
+	b.v4.linkIndex = 9 // as Setup would
 	if got := b.Base(); !reflect.DeepEqual(got, network.State{OwnedLinks: []int{9}}) {
 		t.Errorf("Base() = %+v, want the device owned", got)
 	}
@@ -347,9 +373,14 @@ func TestPreviousMAC(t *testing.T) {
 		{"multicast MAC", attrs("vxlan", `{"VNI":1,"VtepMAC":"01:00:5e:00:00:01"}`), ""},
 		{"zero MAC", attrs("vxlan", `{"VNI":1,"VtepMAC":"00:00:00:00:00:00"}`), ""},
 	}
+	v6 := &subnet.LeaseAttrs{BackendType: "vxlan", BackendData: json.RawMessage(`{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:01"}`),
+		BackendV6Data: json.RawMessage(`{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:06"}`)}
+	if got := b.previousMAC(true, v6); got.String() != "aa:bb:cc:dd:ee:06" {
+		t.Errorf("previousMAC(IPv6) = %s, want the backend-v6-data MAC", got)
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := b.previousMAC(tt.prev)
+			got := b.previousMAC(false, tt.prev)
 			if tt.want == "" {
 				if got != nil {
 					t.Errorf("previousMAC = %s, want none", got)
@@ -393,7 +424,7 @@ func TestDirectRouting(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := be.(*Backend)
-	b.linkIndex = 9
+	b.v4.linkIndex = 9
 
 	near := peer(nil)
 	st, err := b.PeerState(near)
@@ -417,5 +448,73 @@ func TestDirectRouting(t *testing.T) {
 	// A malformed peer is skipped even when it is near.
 	if _, err := b.PeerState(peer(withData(`{"VNI":1}`))); !errors.Is(err, ErrPeerData) {
 		t.Errorf("bad peer with DirectRouting: %v", err)
+	}
+}
+
+// parseV4 is parsePeer on an IPv4-only node: the peer's IPv4 VTEP MAC.
+func parseV4(l subnet.Lease, vni int) (kernel.MAC, error) {
+	vteps, err := parsePeer(l, vni, true, false)
+	if err != nil {
+		return kernel.MAC{}, err
+	}
+	return vteps[0].MAC, nil
+}
+
+func TestDualStackPeerState(t *testing.T) {
+	be, err := New(backend.Params{Config: testConfigOf(t, dualStack), ExtIface: testExt()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := be.(*Backend)
+	b.v4.linkIndex, b.v6.linkIndex = 9, 10 // as Setup would
+	p := peer(func(l *subnet.Lease) {
+		l.IPv6Subnet = netip.MustParsePrefix("fd00:10:244:2::/64")
+		l.Attrs.PublicIPv6 = netip.MustParseAddr("fd00:100::12")
+		l.Attrs.BackendV6Data = json.RawMessage(`{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:06"}`)
+	})
+	st, err := b.PeerState(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac4, _ := kernel.ParseMAC("aa:bb:cc:dd:ee:02")
+	mac6, _ := kernel.ParseMAC("aa:bb:cc:dd:ee:06")
+	want := peerState(9, p.Subnet, p.Attrs.PublicIP, mac4)
+	want.Merge(peerState(10, p.IPv6Subnet, p.Attrs.PublicIPv6, mac6))
+	if !reflect.DeepEqual(st, want) {
+		t.Errorf("state\n%+v\nwant\n%+v", st, want)
+	}
+	if st.Routes[1].String() == "" || st.Routes[1].Gw.String() != "fd00:10:244:2::" || !st.Routes[1].Onlink {
+		t.Errorf("IPv6 route %v", st.Routes[1])
+	}
+
+	// Only the IPv6 annotations changed: only the IPv6 entries change.
+	p2 := p
+	p2.Attrs.BackendV6Data = json.RawMessage(`{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:07"}`)
+	st2, err := b.PeerState(p2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(st2.FDBs[0], st.FDBs[0]) || st2.FDBs[1].MAC.String() != "aa:bb:cc:dd:ee:07" {
+		t.Errorf("after an IPv6-only change: %+v", st2.FDBs)
+	}
+
+	// A malformed backend-v6-data makes the peer unusable, naming the key.
+	bad := p
+	bad.Attrs.BackendV6Data = json.RawMessage(`{"VNI":1`)
+	if _, err := b.PeerState(bad); err == nil || !strings.Contains(err.Error(), "backend-v6-data") {
+		t.Errorf("malformed backend-v6-data: %v", err)
+	}
+
+	// An IPv4-only peer (an upstream node without IPv6) keeps its IPv4 entries.
+	v4 := peer(nil)
+	if st, err := b.PeerState(v4); err != nil || len(st.Routes) != 1 || !st.Routes[0].Dst.Addr().Is4() {
+		t.Errorf("IPv4-only peer: %+v, %v", st, err)
+	}
+	// So does a peer whose flanneld runs without IPv6 while its Node has
+	// an IPv6 podCIDR (IPv6 being enabled node by node).
+	noV6 := v4
+	noV6.IPv6Subnet = p.IPv6Subnet
+	if st, err := b.PeerState(noV6); err != nil || !reflect.DeepEqual(st, peerState(9, p.Subnet, p.Attrs.PublicIP, mac4)) {
+		t.Errorf("peer without IPv6 annotations: %+v, %v", st, err)
 	}
 }

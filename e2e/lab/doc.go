@@ -12,6 +12,12 @@
 // br1) joined to the first by a router namespace, for peers that are reached
 // only through a gateway.
 //
+// New(t, WithIPv6()) makes the underlay dual-stack (fd00:100::/64 next to
+// 192.168.100.0/24, and so on) for IPv6 and dual-stack pod networks: give
+// AddNode an IPv6 podCIDR, alone or after the IPv4 one, and the pods get
+// IPv6 addresses (Pod.IPv6) through the same CNI chain. Without it a lab is
+// IPv4 only, as before.
+//
 // Every machine-wide name (namespace names) carries a random run id, so
 // parallel test runs never collide, and everything a lab creates is removed
 // by t.Cleanup, also when the test fails or panics.

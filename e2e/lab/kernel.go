@@ -89,6 +89,8 @@ type Addr struct {
 	Family    string `json:"family"`
 	Local     string `json:"local"`
 	PrefixLen int    `json:"prefixlen"`
+	Scope     string `json:"scope"` // "global", "link", "host"
+	NoDAD     bool   `json:"nodad"` // IPv6: added without duplicate address detection
 }
 
 func (a Addr) String() string { return fmt.Sprintf("%s/%d", a.Local, a.PrefixLen) }
@@ -106,11 +108,16 @@ func ShowLink(ns, dev string) (Link, error) {
 }
 
 // ShowAddrs returns the IPv4 addresses of dev.
-func ShowAddrs(ns, dev string) ([]Addr, error) {
+func ShowAddrs(ns, dev string) ([]Addr, error) { return showAddrs(ns, dev, "-4") }
+
+// ShowAddrs6 returns the IPv6 addresses of dev (link-local ones too).
+func ShowAddrs6(ns, dev string) ([]Addr, error) { return showAddrs(ns, dev, "-6") }
+
+func showAddrs(ns, dev, family string) ([]Addr, error) {
 	var ifaces []struct {
 		AddrInfo []Addr `json:"addr_info"`
 	}
-	if err := execJSON(ns, &ifaces, "ip", "-4", "-j", "addr", "show", "dev", dev); err != nil {
+	if err := execJSON(ns, &ifaces, "ip", family, "-j", "addr", "show", "dev", dev); err != nil {
 		return nil, err
 	}
 	var addrs []Addr
@@ -121,16 +128,26 @@ func ShowAddrs(ns, dev string) ([]Addr, error) {
 }
 
 // ShowRoutes returns the IPv4 routes of the main table.
-func ShowRoutes(ns string) ([]Route, error) {
+func ShowRoutes(ns string) ([]Route, error) { return showRoutes(ns, "-4") }
+
+// ShowRoutes6 returns the IPv6 routes of the main table.
+func ShowRoutes6(ns string) ([]Route, error) { return showRoutes(ns, "-6") }
+
+func showRoutes(ns, family string) ([]Route, error) {
 	var routes []Route
-	err := execJSON(ns, &routes, "ip", "-4", "-j", "route", "show", "table", "main")
+	err := execJSON(ns, &routes, "ip", family, "-j", "route", "show", "table", "main")
 	return routes, err
 }
 
 // ShowNeighbours returns the IPv4 neighbour entries.
-func ShowNeighbours(ns string) ([]Neighbour, error) {
+func ShowNeighbours(ns string) ([]Neighbour, error) { return showNeighbours(ns, "-4") }
+
+// ShowNeighbours6 returns the IPv6 neighbour entries.
+func ShowNeighbours6(ns string) ([]Neighbour, error) { return showNeighbours(ns, "-6") }
+
+func showNeighbours(ns, family string) ([]Neighbour, error) {
 	var neighs []Neighbour
-	err := execJSON(ns, &neighs, "ip", "-4", "-j", "neigh", "show")
+	err := execJSON(ns, &neighs, "ip", family, "-j", "neigh", "show")
 	return neighs, err
 }
 

@@ -44,18 +44,36 @@ type Lab struct {
 	procs []*Process
 
 	topo topology // the router and Segment2 (topology.go)
+
+	// ipv6 gives the underlay IPv6 too (WithIPv6).
+	ipv6 bool
 }
+
+// Option changes how New builds a lab.
+type Option func(*Lab)
+
+// WithIPv6 makes a dual-stack underlay, for IPv6 and dual-stack pod
+// networks: every segment gets an IPv6 /64 next to its IPv4 /24
+// (Segment.Prefix6: fd00:100::/64 for 192.168.100.0/24), every machine on
+// it the IPv6 address with the same host part (fd00:100::11 for
+// 192.168.100.11), nodes an IPv6 default route via the segment's gateway
+// and IPv6 forwarding, and the router IPv6 forwarding. The control plane
+// is still reached over IPv4. Without it a lab is IPv4 only.
+func WithIPv6() Option { return func(l *Lab) { l.ipv6 = true } }
 
 // New builds the underlay and the control plane (etcd and kube-apiserver,
 // with RBAC for flanneld) and registers the cleanup of everything the lab
 // will create. It needs root; see RequireRoot.
-func New(t testing.TB) *Lab {
+func New(t testing.TB, opts ...Option) *Lab {
 	t.Helper()
 	RequireRoot(t)
 	etcd := RequireBinary(t, BinaryEtcd)
 	apiserver := RequireBinary(t, BinaryKubeAPIServer)
 
 	l := &Lab{t: t, runID: newRunID(), dir: t.TempDir()}
+	for _, o := range opts {
+		o(l)
+	}
 	l.logDir = filepath.Join(l.dir, "logs")
 	if err := os.MkdirAll(l.logDir, 0o755); err != nil {
 		t.Fatal(err)
@@ -86,6 +104,9 @@ func RequireRoot(t testing.TB) {
 		t.Skip("e2e tests need root (network namespaces, veth, vxlan, iptables): run `make test` as root")
 	}
 }
+
+// IPv6 reports whether the lab's underlay has IPv6 (WithIPv6).
+func (l *Lab) IPv6() bool { return l.ipv6 }
 
 // RunID is the random id in every namespace name of this lab.
 func (l *Lab) RunID() string { return l.runID }
@@ -138,7 +159,8 @@ func (l *Lab) createUnderlay() error {
 }
 
 // attachToUnderlay creates namespace ns and wires it to br0 (Segment1)
-// with a veth pair whose ns end is eth0 with address addr/24.
+// with a veth pair whose ns end is eth0 with address addr/24 (and its
+// IPv6 counterpart in an IPv6 lab).
 func (l *Lab) attachToUnderlay(ns, bridgePort string, addr netip.Addr) error {
 	return l.attachToSegment(ns, bridgePort, Segment1, addr)
 }
@@ -185,15 +207,23 @@ func (l *Lab) cleanup() {
 
 // dumpNodeState logs the kernel state of every node, to explain failures.
 func (l *Lab) dumpNodeState(nodes []*Node) {
+	commands := [][]string{
+		{"ip", "-d", "link", "show"},
+		{"ip", "addr", "show"},
+		{"ip", "route", "show"},
+		{"ip", "-4", "neigh", "show"},
+		{"bridge", "fdb", "show", "dev", "flannel.1"},
+	}
+	if l.ipv6 {
+		commands = append(commands,
+			[]string{"ip", "-6", "route", "show"},
+			[]string{"ip", "-6", "neigh", "show"},
+			[]string{"bridge", "fdb", "show", "dev", "flannel-v6.1"},
+		)
+	}
 	for _, n := range nodes {
 		var out string
-		for _, argv := range [][]string{
-			{"ip", "-d", "link", "show"},
-			{"ip", "addr", "show"},
-			{"ip", "route", "show"},
-			{"ip", "-4", "neigh", "show"},
-			{"bridge", "fdb", "show", "dev", "flannel.1"},
-		} {
+		for _, argv := range commands {
 			o, err := Exec(n.Netns, argv...)
 			if err != nil {
 				o += err.Error()

@@ -3,6 +3,7 @@ package lab
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -28,8 +29,10 @@ type Node struct {
 	Name       string
 	Netns      string
 	IP         netip.Addr // address of eth0, also the InternalIP
+	IPv6       netip.Addr // IPv6 address of eth0 in an IPv6 lab (WithIPv6), also an InternalIP
 	Segment    Segment    // the underlay segment eth0 is on
-	PodCIDR    string     // as given to AddNode ("" for none)
+	PodCIDR    string     // the first podCIDR given to AddNode ("" for none): spec.podCIDR
+	PodCIDRs   []string   // every podCIDR given to AddNode: spec.podCIDRs
 	Dir        string     // per-node scratch directory
 	SubnetFile string     // where flanneld writes subnet.env
 
@@ -38,16 +41,19 @@ type Node struct {
 }
 
 // AddNode creates a node namespace (eth0 at 192.168.100.11, .12, ... with a
-// default route via UnderlayGateway, IPv4 forwarding on) and its Node object
-// with spec.podCIDR(s) (none when podCIDR is "") and an InternalIP address.
-func (l *Lab) AddNode(t testing.TB, name, podCIDR string) *Node {
+// default route via UnderlayGateway, IPv4 forwarding on; in an IPv6 lab
+// also fd00:100::11, ..., an IPv6 default route and IPv6 forwarding) and
+// its Node object with spec.podCIDR and spec.podCIDRs (none when no
+// podCIDR or only "" is given; a dual-stack node gets two, e.g.
+// "10.244.1.0/24", "fd00:10:244:1::/64") and its InternalIP addresses.
+func (l *Lab) AddNode(t testing.TB, name string, podCIDRs ...string) *Node {
 	t.Helper()
-	return l.AddNodeOn(t, Segment1, name, podCIDR)
+	return l.AddNodeOn(t, Segment1, name, podCIDRs...)
 }
 
 // addNodeNamespace creates a node's namespace on segment seg: eth0 at the
 // next host address, a default route via the segment's gateway, IPv4
-// forwarding on, and its scratch directory.
+// forwarding on (IPv6 too in an IPv6 lab), and its scratch directory.
 func (l *Lab) addNodeNamespace(t testing.TB, seg Segment, name string) *Node {
 	t.Helper()
 	l.mu.Lock()
@@ -61,6 +67,9 @@ func (l *Lab) addNodeNamespace(t testing.TB, seg Segment, name string) *Node {
 		lab:     l,
 	}
 	n.SubnetFile = filepath.Join(n.Dir, "subnet.env")
+	if l.ipv6 {
+		n.IPv6 = seg.Host6(firstNodeHost + index)
+	}
 	l.nodes = append(l.nodes, n)
 	l.mu.Unlock()
 
@@ -73,7 +82,20 @@ func (l *Lab) addNodeNamespace(t testing.TB, seg Segment, name string) *Node {
 	if _, err := runIP("-n", n.Netns, "route", "add", "default", "via", seg.Gateway().String(), "dev", "eth0"); err != nil {
 		t.Fatalf("creating node %s: %v", name, err)
 	}
-	if _, err := Exec(n.Netns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"); err != nil {
+	if l.ipv6 {
+		// Also what selects eth0 for an IPv6-only flanneld without --iface.
+		if _, err := runIP("-n", n.Netns, "-6", "route", "add", "default", "via", seg.Gateway6().String(), "dev", "eth0"); err != nil {
+			t.Fatalf("creating node %s: %v", name, err)
+		}
+		// eth0 keeps its IPv6 address when set down, as its IPv4 one, so a
+		// test can flap it the same way in both families (by default the
+		// kernel flushes it, and a node's network configuration puts it
+		// back after the link is up).
+		if _, err := Exec(n.Netns, "sysctl", "-q", "-w", "net.ipv6.conf.eth0.keep_addr_on_down=1"); err != nil {
+			t.Fatalf("creating node %s: %v", name, err)
+		}
+	}
+	if err := l.enableForwarding(n.Netns); err != nil {
 		t.Fatalf("creating node %s: %v", name, err)
 	}
 	return n
@@ -83,7 +105,7 @@ func (l *Lab) addNodeNamespace(t testing.TB, seg Segment, name string) *Node {
 // lab (counting every segment, from 0) gets host address 11+k on its
 // segment and a default route via the segment's gateway (the router). A
 // node on Segment2 creates the router first (AddRouter).
-func (l *Lab) AddNodeOn(t testing.TB, seg Segment, name, podCIDR string) *Node {
+func (l *Lab) AddNodeOn(t testing.TB, seg Segment, name string, podCIDRs ...string) *Node {
 	t.Helper()
 	if !seg.valid() {
 		t.Fatalf("creating node %s: unknown underlay segment %d", name, int(seg))
@@ -92,7 +114,7 @@ func (l *Lab) AddNodeOn(t testing.TB, seg Segment, name, podCIDR string) *Node {
 		l.AddRouter(t)
 	}
 	n := l.addNodeNamespace(t, seg, name)
-	n.PodCIDR = podCIDR
+	n.setPodCIDRs(podCIDRs)
 	if err := l.createNodeObject(n); err != nil {
 		t.Fatalf("creating Node %s: %v", name, err)
 	}
@@ -103,14 +125,12 @@ func (l *Lab) createNodeObject(n *Node) error {
 	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
 	defer cancel()
 	obj := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name}}
-	if n.PodCIDR != "" {
-		obj.Spec.PodCIDR = n.PodCIDR
-		obj.Spec.PodCIDRs = []string{n.PodCIDR}
+	obj.Spec.PodCIDR, obj.Spec.PodCIDRs = n.PodCIDR, n.PodCIDRs
+	addresses := []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: n.IP.String()}}
+	if n.IPv6.IsValid() {
+		addresses = append(addresses, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: n.IPv6.String()})
 	}
-	addresses := []corev1.NodeAddress{
-		{Type: corev1.NodeInternalIP, Address: n.IP.String()},
-		{Type: corev1.NodeHostName, Address: n.Name},
-	}
+	addresses = append(addresses, corev1.NodeAddress{Type: corev1.NodeHostName, Address: n.Name})
 	obj.Status.Addresses = addresses
 	created, err := l.Client().CoreV1().Nodes().Create(ctx, obj, metav1.CreateOptions{})
 	if err != nil {
@@ -135,16 +155,47 @@ func (l *Lab) GetNode(t testing.TB, n *Node) *corev1.Node {
 	return obj
 }
 
-// SetPodCIDR sets spec.podCIDR and spec.podCIDRs of a Node that has none.
-func (l *Lab) SetPodCIDR(t testing.TB, n *Node, podCIDR string) {
+// setPodCIDRs records the podCIDRs given to AddNode, without empty ones.
+func (n *Node) setPodCIDRs(podCIDRs []string) {
+	n.PodCIDR, n.PodCIDRs = "", nil
+	for _, c := range podCIDRs {
+		if c != "" {
+			n.PodCIDRs = append(n.PodCIDRs, c)
+		}
+	}
+	if len(n.PodCIDRs) > 0 {
+		n.PodCIDR = n.PodCIDRs[0]
+	}
+}
+
+// PodCIDR6 is the node's IPv6 podCIDR ("" if it has none).
+func (n *Node) PodCIDR6() string {
+	for _, c := range n.PodCIDRs {
+		if p, err := netip.ParsePrefix(c); err == nil && p.Addr().Is6() {
+			return c
+		}
+	}
+	return ""
+}
+
+// SetPodCIDR sets spec.podCIDR and spec.podCIDRs of a Node that has none
+// (two podCIDRs for a dual-stack node).
+func (l *Lab) SetPodCIDR(t testing.TB, n *Node, podCIDRs ...string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
 	defer cancel()
-	patch := fmt.Sprintf(`{"spec":{"podCIDR":%q,"podCIDRs":[%q]}}`, podCIDR, podCIDR)
+	if len(podCIDRs) == 0 {
+		t.Fatalf("setting the podCIDR of Node %s: no podCIDR given", n.Name)
+	}
+	list, err := json.Marshal(podCIDRs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	patch := fmt.Sprintf(`{"spec":{"podCIDR":%q,"podCIDRs":%s}}`, podCIDRs[0], list)
 	if _, err := l.Client().CoreV1().Nodes().Patch(ctx, n.Name, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 		t.Fatalf("setting the podCIDR of Node %s: %v", n.Name, err)
 	}
-	n.PodCIDR = podCIDR
+	n.setPodCIDRs(podCIDRs)
 }
 
 // DeleteNode deletes the Node object of n (the namespace stays).

@@ -31,3 +31,24 @@ func TestNames(t *testing.T) {
 		t.Errorf("ParseSubnetEnv = %v", got)
 	}
 }
+
+func TestSetPodCIDRs(t *testing.T) {
+	for _, c := range []struct {
+		given             []string
+		podCIDR, podCIDR6 string
+		podCIDRs          []string
+	}{
+		{nil, "", "", nil},
+		{[]string{""}, "", "", nil},
+		{[]string{"10.244.1.0/24"}, "10.244.1.0/24", "", []string{"10.244.1.0/24"}},
+		{[]string{"10.244.1.0/24", "fd00:10:244:1::/64"}, "10.244.1.0/24", "fd00:10:244:1::/64", []string{"10.244.1.0/24", "fd00:10:244:1::/64"}},
+		{[]string{"fd00:10:244:1::/64"}, "fd00:10:244:1::/64", "fd00:10:244:1::/64", []string{"fd00:10:244:1::/64"}},
+	} {
+		var n Node
+		n.setPodCIDRs(c.given)
+		if n.PodCIDR != c.podCIDR || n.PodCIDR6() != c.podCIDR6 || !slices.Equal(n.PodCIDRs, c.podCIDRs) {
+			t.Errorf("setPodCIDRs(%q): PodCIDR %q PodCIDR6 %q PodCIDRs %q, want %q %q %q",
+				c.given, n.PodCIDR, n.PodCIDR6(), n.PodCIDRs, c.podCIDR, c.podCIDR6, c.podCIDRs)
+		}
+	}
+}

@@ -31,8 +31,12 @@ type Pod struct {
 	Name    string
 	Node    *Node
 	Netns   string
-	IP      netip.Addr
-	Gateway netip.Addr // the cni0 address
+	IP      netip.Addr // the pod's first address (IPv4 when it has one)
+	Gateway netip.Addr // the cni0 address of IP's family
+	// IPv6 and Gateway6 are the pod's IPv6 address and cni0's, when the
+	// node's subnet.env has an IPv6 subnet (equal to IP and Gateway on an
+	// IPv6-only node).
+	IPv6, Gateway6 netip.Addr
 
 	capArgs string // the CNI capabilities given at ADD, given again at DEL
 }
@@ -75,12 +79,19 @@ func (l *Lab) AddPodWithPorts(t testing.TB, n *Node, name string, ports []PortMa
 	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.IPs) == 0 {
 		t.Fatalf("CNI ADD of pod %s on %s: unexpected result %q: %v", name, n.Name, out, err)
 	}
-	addr, err := netip.ParsePrefix(res.IPs[0].Address)
-	if err != nil {
-		t.Fatalf("CNI result address %q: %v", res.IPs[0].Address, err)
+	for i, ip := range res.IPs {
+		addr, err := netip.ParsePrefix(ip.Address)
+		if err != nil {
+			t.Fatalf("CNI result address %q: %v", ip.Address, err)
+		}
+		gw, _ := netip.ParseAddr(ip.Gateway)
+		if i == 0 {
+			p.IP, p.Gateway = addr.Addr(), gw
+		}
+		if addr.Addr().Is6() && !p.IPv6.IsValid() {
+			p.IPv6, p.Gateway6 = addr.Addr(), gw
+		}
 	}
-	p.IP = addr.Addr()
-	p.Gateway, _ = netip.ParseAddr(res.IPs[0].Gateway)
 	return p
 }
 
@@ -160,7 +171,8 @@ func (l *Lab) cni(t testing.TB, n *Node, cmd string, p *Pod) (string, error) {
 	return strings.TrimSpace(string(out)), err
 }
 
-// Ping sends one echo request from the pod (2 s timeout).
+// Ping sends one echo request from the pod (2 s timeout), over IPv4 or
+// IPv6 as the address is (iputils' ping takes both).
 func Ping(from *Pod, to netip.Addr) error {
 	_, err := Exec(from.Netns, "ping", "-c", "1", "-W", "2", to.String())
 	return err

@@ -5,15 +5,16 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"time"
 
-	"github.com/coreos/go-iptables/iptables"
 	"github.com/vishvananda/netlink"
 	"k8s.io/klog/v2"
 
 	"github.com/flanneld/flanneld/backend"
 	"github.com/flanneld/flanneld/backend/hostgw"
+	"github.com/flanneld/flanneld/backend/udp"
 	"github.com/flanneld/flanneld/backend/vxlan"
 	"github.com/flanneld/flanneld/ip"
 	"github.com/flanneld/flanneld/network"
@@ -28,6 +29,7 @@ func Backends() backend.Registry {
 	return backend.Registry{
 		vxlan.Type:  vxlan.New,
 		hostgw.Type: hostgw.New,
+		udp.Type:    udp.New,
 	}
 }
 
@@ -68,7 +70,8 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	klog.InfoS("Using external interface", "interface", ext.Name, "address", ext.IfaceAddr, "publicIP", ext.ExtAddr, "mtu", ext.MTU)
+	klog.InfoS("Using external interface", validKV("interface", ext.Name, "address", ext.IfaceAddr, "publicIP", ext.ExtAddr,
+		"addressIPv6", ext.IfaceV6Addr, "publicIPv6", ext.ExtV6Addr, "mtu", ext.MTU)...)
 	src.withExternal(ext)
 
 	be, err := Backends().New(backend.Params{Config: cfg, ExtIface: ext, Handle: h, Reach: ip.KernelReachability{H: h}})
@@ -100,8 +103,16 @@ func Run(ctx context.Context, o Options) error {
 	if err := removeStaleDevices(h, be.Base().OwnedLinks); err != nil {
 		return err
 	}
+	fwdErr, err := startForwarder(ctx, be, m)
+	if err != nil {
+		return err
+	}
 
-	m.Lease.WithLabelValues(lease.Subnet.String()).Set(1)
+	for _, sn := range []netip.Prefix{lease.Subnet, lease.IPv6Subnet} {
+		if sn.IsValid() {
+			m.Lease.WithLabelValues(sn.String()).Set(1)
+		}
+	}
 	if err := startFirewall(ctx, o, cfg, lease, m); err != nil {
 		return err
 	}
@@ -109,7 +120,7 @@ func Run(ctx context.Context, o Options) error {
 	if err := subnet.WriteEnvFile(o.SubnetFile, env); err != nil {
 		return err
 	}
-	klog.InfoS("Wrote subnet file", "path", o.SubnetFile, "subnet", env.Subnet, "mtu", env.MTU)
+	klog.InfoS("Wrote subnet file", validKV("path", o.SubnetFile, "subnet", env.Subnet, "subnetIPv6", env.IPv6Subnet, "mtu", env.MTU)...)
 
 	status.SetReady(false, "waiting for the first sync of peers")
 	loop := newSyncLoop(be, network.NewReconciler(kernel.NewNetlink(h)), peers, lease, o.Resync, status, m)
@@ -128,7 +139,7 @@ func Run(ctx context.Context, o Options) error {
 		}
 	}()
 	loop.onReady = func() {
-		klog.InfoS("flanneld is ready", "node", src.nodeName, "subnet", lease.Subnet, "peers", peers.Len())
+		klog.InfoS("flanneld is ready", validKV("node", src.nodeName, "subnet", lease.Subnet, "subnetIPv6", lease.IPv6Subnet, "peers", peers.Len())...)
 		notifySystemd()
 		select {
 		case reportReady <- struct{}{}:
@@ -156,6 +167,10 @@ func Run(ctx context.Context, o Options) error {
 		cancel()
 		<-loopDone
 		return err
+	case err := <-fwdErr:
+		cancel()
+		<-loopDone
+		return fmt.Errorf("forwarder: %w", err)
 	}
 	<-loopDone
 	klog.InfoS("Stopping; the datapath stays in place")
@@ -173,34 +188,88 @@ func joinNetwork(ctx context.Context, src subnet.Source, be backend.Backend) (su
 	if err != nil {
 		return subnet.Lease{}, err
 	}
-	klog.InfoS("Backend device ready", "backend", attrs.BackendType, "data", string(attrs.BackendData))
+	klog.InfoS("Backend device ready", validKV("backend", attrs.BackendType, "data", string(attrs.BackendData), "dataIPv6", string(attrs.BackendV6Data))...)
 	lease, err := src.AcquireLease(ctx, attrs)
 	if err != nil {
 		return subnet.Lease{}, err
 	}
-	klog.InfoS("Acquired lease", "subnet", lease.Subnet, "publicIP", lease.Attrs.PublicIP, "backend", lease.Attrs.BackendType)
+	klog.InfoS("Acquired lease", validKV("subnet", lease.Subnet, "publicIP", lease.Attrs.PublicIP,
+		"subnetIPv6", lease.IPv6Subnet, "publicIPv6", lease.Attrs.PublicIPv6, "backend", lease.Attrs.BackendType)...)
 	if err := be.Configure(ctx, lease); err != nil {
 		return subnet.Lease{}, err
 	}
 	return lease, nil
 }
 
-// startFirewall installs the masquerade and forward rules and keeps them in
-// place every --iptables-resync seconds.
+// startForwarder runs the datapath of a backend that forwards packets
+// itself (udp) and exports its drop counters. The channel reports its
+// failure; it is nil for kernel datapaths.
+func startForwarder(ctx context.Context, be backend.Backend, m *metrics.Metrics) (<-chan error, error) {
+	fw, ok := be.(backend.Forwarder)
+	if !ok {
+		return nil, nil
+	}
+	if err := m.Register(metrics.NewUDPDrops(fw.Dropped)); err != nil {
+		return nil, err
+	}
+	errs := make(chan error, 1)
+	go func() {
+		if err := fw.Forward(ctx); err != nil && ctx.Err() == nil {
+			errs <- err
+		}
+	}()
+	return errs, nil
+}
+
+// startFirewall installs the masquerade and forward rules of every address
+// family in the configured mode (iptables, or nftables with
+// EnableNFTables), keeps them in place every --iptables-resync seconds, and
+// removes flanneld's rules of the other mode, which a node switched from it
+// still has (after installing, so the node is never without rules).
 func startFirewall(ctx context.Context, o Options, cfg *subnet.Config, lease subnet.Lease, m *metrics.Metrics) error {
-	rules := FirewallRules(&o, cfg, lease)
-	if len(rules) == 0 {
-		return nil
+	mode := FirewallMode(cfg)
+	if sets := FirewallRuleSets(&o, cfg, lease); len(sets) > 0 {
+		onRestore := func(repairs []string) { m.DriftRepairs.WithLabelValues("rule").Add(float64(len(repairs))) }
+		keeper, err := network.NewRuleKeeper(cfg.EnableNFTables, sets, onRestore)
+		if err != nil {
+			return fmt.Errorf("firewall (%s mode): %w", mode, err)
+		}
+		if _, err := keeper.Ensure(); err != nil {
+			return fmt.Errorf("install firewall rules (%s mode): %w", mode, err)
+		}
+		go keeper.Run(ctx, time.Duration(o.IPTablesResync)*time.Second)
 	}
-	ipt, err := network.NewIPTables(iptables.ProtocolIPv4)
+	removed, err := network.RemoveOtherModeRules(cfg.EnableNFTables)
+	for _, r := range removed {
+		klog.InfoS("Removed firewall rule of the other mode", "mode", mode, "removed", r)
+	}
 	if err != nil {
-		return err
+		klog.ErrorS(err, "Could not remove the firewall rules of the other mode", "mode", mode)
 	}
-	fw := network.NewFirewall(ipt, rules)
-	fw.OnRestore = func(repairs []string) { m.DriftRepairs.WithLabelValues("rule").Add(float64(len(repairs))) }
-	if _, err := fw.Ensure(); err != nil {
-		return fmt.Errorf("install firewall rules: %w", err)
-	}
-	go fw.Run(ctx, time.Duration(o.IPTablesResync)*time.Second)
 	return nil
+}
+
+// validKV returns the key/value pairs of a log line without those whose
+// value is absent: an invalid address or prefix (the address family is
+// off) or an empty string.
+func validKV(kv ...any) []any {
+	out := kv[:0:0]
+	for i := 0; i+1 < len(kv); i += 2 {
+		switch v := kv[i+1].(type) {
+		case netip.Addr:
+			if !v.IsValid() {
+				continue
+			}
+		case netip.Prefix:
+			if !v.IsValid() {
+				continue
+			}
+		case string:
+			if v == "" {
+				continue
+			}
+		}
+		out = append(out, kv[i], kv[i+1])
+	}
+	return out
 }

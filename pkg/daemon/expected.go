@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"net/netip"
+
 	"github.com/flanneld/flanneld/ip"
 	"github.com/flanneld/flanneld/network"
 	"github.com/flanneld/flanneld/subnet"
@@ -26,20 +28,43 @@ func (o *Options) InterfaceOptions(cfg *subnet.Config) ip.InterfaceOptions {
 	}
 }
 
-// FirewallRules are the iptables rules the daemon keeps in place for the
-// node's lease: the masquerade rules with --ip-masq, the forward rules with
-// --iptables-forward-rules; none without either.
-func FirewallRules(o *Options, cfg *subnet.Config, lease subnet.Lease) []network.Rule {
-	var rules []network.Rule
-	if o.IPMasq {
-		rules = append(rules, network.MasqRules(network.FirewallConfig{
-			Network:         cfg.Network,
-			Lease:           lease.Subnet,
-			MasqFullyRandom: !o.IPMasqFullyRandomDisable,
-		})...)
+// FirewallRuleSets are the firewall rules the daemon keeps in place for the
+// node's lease, one RuleSet per address family: IPv4 from Network and the
+// lease's subnet when EnableIPv4, IPv6 from IPv6Network and the lease's IPv6
+// subnet when EnableIPv6 and the lease has one. Each has the masquerade
+// rules with --ip-masq and the forward rules with --iptables-forward-rules;
+// there are none without either. The mode (iptables or nftables) is the
+// keeper's business (network.NewRuleKeeper).
+func FirewallRuleSets(o *Options, cfg *subnet.Config, lease subnet.Lease) []network.RuleSet {
+	if !o.IPMasq && !o.IPTablesForwardRules {
+		return nil
 	}
-	if o.IPTablesForwardRules {
-		rules = append(rules, network.ForwardRules(cfg.Network)...)
+	var sets []network.RuleSet
+	add := func(clusterNetwork, nodeSubnet netip.Prefix) {
+		sets = append(sets, network.RuleSet{
+			FirewallConfig: network.FirewallConfig{
+				Network:         clusterNetwork,
+				Lease:           nodeSubnet,
+				MasqFullyRandom: !o.IPMasqFullyRandomDisable,
+			},
+			Masq:    o.IPMasq,
+			Forward: o.IPTablesForwardRules,
+		})
 	}
-	return rules
+	if cfg.EnableIPv4 && cfg.Network.IsValid() && lease.Subnet.IsValid() {
+		add(cfg.Network, lease.Subnet)
+	}
+	if cfg.EnableIPv6 && cfg.IPv6Network.IsValid() && lease.IPv6Subnet.IsValid() {
+		add(cfg.IPv6Network, lease.IPv6Subnet)
+	}
+	return sets
+}
+
+// FirewallMode names the firewall mode of cfg: "nftables" with
+// EnableNFTables, else "iptables".
+func FirewallMode(cfg *subnet.Config) string {
+	if cfg.EnableNFTables {
+		return "nftables"
+	}
+	return "iptables"
 }

@@ -6,35 +6,50 @@ import (
 
 // subnetIndex finds which programmed peer's subnet overlaps a given one in
 // time independent of the number of peers: subnets are looked up by their
-// prefix at each length in use (peers nearly always share one length).
+// prefix at each length in use (peers nearly always share one length per
+// address family).
 type subnetIndex struct {
 	byPrefix map[netip.Prefix]string
-	lengths  map[int]int // prefix length -> how many subnets have it
+	lengths  map[prefixLen]int // how many subnets have each length
 }
+
+// prefixLen is a prefix length of one address family.
+type prefixLen struct {
+	is4  bool
+	bits int
+}
+
+func lenOf(p netip.Prefix) prefixLen { return prefixLen{p.Addr().Is4(), p.Bits()} }
 
 func newSubnetIndex() *subnetIndex {
-	return &subnetIndex{byPrefix: map[netip.Prefix]string{}, lengths: map[int]int{}}
+	return &subnetIndex{byPrefix: map[netip.Prefix]string{}, lengths: map[prefixLen]int{}}
 }
 
-func (x *subnetIndex) add(name string, p netip.Prefix) {
-	if !p.IsValid() {
-		return
+// add records name's subnets (invalid ones are ignored).
+func (x *subnetIndex) add(name string, subnets ...netip.Prefix) {
+	for _, p := range subnets {
+		if !p.IsValid() {
+			continue
+		}
+		p = p.Masked()
+		if _, ok := x.byPrefix[p]; !ok {
+			x.lengths[lenOf(p)]++
+		}
+		x.byPrefix[p] = name
 	}
-	p = p.Masked()
-	if _, ok := x.byPrefix[p]; !ok {
-		x.lengths[p.Bits()]++
-	}
-	x.byPrefix[p] = name
 }
 
-func (x *subnetIndex) remove(name string, p netip.Prefix) {
-	p = p.Masked()
-	if owner, ok := x.byPrefix[p]; !ok || owner != name {
-		return
-	}
-	delete(x.byPrefix, p)
-	if x.lengths[p.Bits()]--; x.lengths[p.Bits()] == 0 {
-		delete(x.lengths, p.Bits())
+// remove forgets name's subnets.
+func (x *subnetIndex) remove(name string, subnets ...netip.Prefix) {
+	for _, p := range subnets {
+		p = p.Masked()
+		if owner, ok := x.byPrefix[p]; !ok || owner != name {
+			continue
+		}
+		delete(x.byPrefix, p)
+		if x.lengths[lenOf(p)]--; x.lengths[lenOf(p)] == 0 {
+			delete(x.lengths, lenOf(p))
+		}
 	}
 }
 
@@ -43,7 +58,11 @@ func (x *subnetIndex) overlapping(name string, p netip.Prefix) (string, netip.Pr
 	if !p.IsValid() {
 		return "", netip.Prefix{}, false
 	}
-	for bits := range x.lengths {
+	for l := range x.lengths {
+		if l.is4 != p.Addr().Is4() {
+			continue
+		}
+		bits := l.bits
 		if bits <= p.Bits() {
 			// A subnet of this length containing p.
 			q := netip.PrefixFrom(p.Addr(), bits).Masked()

@@ -35,13 +35,11 @@ type leaseSource struct {
 }
 
 // CheckSupported rejects configurations this build does not implement yet,
-// before anything on the node changes (shared with `flanneld diagnose`).
-func CheckSupported(cfg *subnet.Config) error {
-	if !cfg.EnableIPv4 || cfg.EnableIPv6 {
-		return fmt.Errorf("only IPv4 networks are supported in this build: set EnableIPv4 and leave EnableIPv6 off")
-	}
-	if cfg.EnableNFTables {
-		return fmt.Errorf("EnableNFTables is not supported in this build yet; remove it to use iptables")
+// before anything on the node changes (shared with `flanneld diagnose`):
+// etcd mode allocates IPv4 subnets only.
+func CheckSupported(cfg *subnet.Config, kubeMode bool) error {
+	if !kubeMode && (!cfg.EnableIPv4 || cfg.EnableIPv6) {
+		return fmt.Errorf("etcd mode supports IPv4 networks only in this build: set EnableIPv4 and leave EnableIPv6 off, or use --kube-subnet-mgr for IPv6")
 	}
 	return nil
 }
@@ -53,7 +51,7 @@ func openKube(ctx context.Context, o Options, m *metrics.Metrics) (*leaseSource,
 	if err != nil {
 		return nil, err
 	}
-	if err := CheckSupported(cfg); err != nil {
+	if err := CheckSupported(cfg, true); err != nil {
 		return nil, err
 	}
 	client, err := kube.NewClient(o.KubeconfigFile, o.KubeAPIURL, "flanneld/"+o.Version)
@@ -122,7 +120,7 @@ func openEtcd(ctx context.Context, o Options, m *metrics.Metrics) (*leaseSource,
 		src.Close()
 		return nil, err
 	}
-	if err := CheckSupported(ls.config); err != nil {
+	if err := CheckSupported(ls.config, false); err != nil {
 		src.Close()
 		return nil, err
 	}

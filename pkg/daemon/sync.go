@@ -61,6 +61,12 @@ type syncLoop struct {
 	// re-examined whenever a peer goes away.
 	states      map[string]peerEntry
 	overlapping map[string]subnet.Lease
+	// unreachable holds the peers skipped because their public IP was not
+	// reachable directly (host-gw), re-examined on every full pass: what
+	// this node reaches can change without their leases changing (after
+	// the external interface went down and up, its IPv6 address may come
+	// back only after flanneld recomputed its peers).
+	unreachable map[string]skippedPeer
 	index       *subnetIndex // the subnets of the programmed peers
 	base        network.State
 	// started is set after the first successful pass: peers added before
@@ -85,6 +91,7 @@ func newSyncLoop(be backend.Backend, rec *network.Reconciler, peers *subnet.Peer
 		drift:       make(chan struct{}, 1),
 		states:      map[string]peerEntry{},
 		overlapping: map[string]subnet.Lease{},
+		unreachable: map[string]skippedPeer{},
 		index:       newSubnetIndex(),
 		owned:       be.Base().OwnedLinks,
 	}
@@ -92,10 +99,16 @@ func newSyncLoop(be backend.Backend, rec *network.Reconciler, peers *subnet.Peer
 	return l
 }
 
-// peerEntry is a programmed peer: its desired state and its subnet.
+// peerEntry is a programmed peer: its desired state and its subnets.
 type peerEntry struct {
-	st     network.State
-	subnet netip.Prefix
+	st              network.State
+	subnet, subnet6 netip.Prefix
+}
+
+// skippedPeer is a peer skipped for now, and why.
+type skippedPeer struct {
+	lease  subnet.Lease
+	reason string
 }
 
 // setBase gives the reconciler the backend's own state (its devices).
@@ -165,7 +178,7 @@ func (l *syncLoop) run(ctx context.Context) {
 				continue
 			}
 		}
-		synced = l.drain() || synced
+		synced = l.drain(first || full) || synced
 		if !synced {
 			// Never program, let alone prune, before every peer is known.
 			l.status.Beat()
@@ -274,8 +287,9 @@ func (l *syncLoop) ensureDevice(ctx context.Context) error {
 
 // drain folds the changed peers into states, and reports whether the
 // lease source has synced. Changed peers are handled in name order, so
-// which of two overlapping peers wins does not depend on event order.
-func (l *syncLoop) drain() bool {
+// which of two overlapping peers wins does not depend on event order. With
+// full (a full pass), the peers skipped as unreachable are examined again.
+func (l *syncLoop) drain(full bool) bool {
 	changed, synced := l.peers.Drain()
 	removed := false
 	for _, name := range slices.Sorted(maps.Keys(changed)) {
@@ -287,9 +301,10 @@ func (l *syncLoop) drain() bool {
 			}
 			l.dropState(name)
 			delete(l.overlapping, name)
+			delete(l.unreachable, name)
 			continue
 		}
-		if old, ok := l.states[name]; ok && old.subnet != lease.Subnet {
+		if old, ok := l.states[name]; ok && (old.subnet != lease.Subnet || old.subnet6 != lease.IPv6Subnet) {
 			removed = true // its old subnet may have blocked another peer
 		}
 		l.update(*lease)
@@ -299,25 +314,39 @@ func (l *syncLoop) drain() bool {
 			l.update(l.overlapping[name])
 		}
 	}
+	if full {
+		for _, name := range slices.Sorted(maps.Keys(l.unreachable)) {
+			if _, ok := changed[name]; !ok {
+				l.update(l.unreachable[name].lease)
+			}
+		}
+	}
 	return synced
 }
 
 // setState records a peer's desired state and hands the change to the
-// reconciler.
-func (l *syncLoop) setState(name string, sn netip.Prefix, st network.State) {
+// reconciler (and the peer to a backend that tracks peers itself).
+func (l *syncLoop) setState(lease subnet.Lease, st network.State) {
+	name := lease.Name
 	old := l.states[name]
-	l.index.remove(name, old.subnet)
+	l.index.remove(name, old.subnet, old.subnet6)
 	l.reconciler.Update(old.st, st)
-	l.index.add(name, sn)
-	l.states[name] = peerEntry{st: st, subnet: sn}
+	l.index.add(name, lease.Subnet, lease.IPv6Subnet)
+	l.states[name] = peerEntry{st: st, subnet: lease.Subnet, subnet6: lease.IPv6Subnet}
+	if t, ok := l.backend.(backend.PeerTracker); ok {
+		t.SetPeer(name, &lease)
+	}
 }
 
 // dropState forgets a peer's desired state.
 func (l *syncLoop) dropState(name string) {
 	if old, ok := l.states[name]; ok {
 		l.reconciler.Update(old.st, network.State{})
-		l.index.remove(name, old.subnet)
+		l.index.remove(name, old.subnet, old.subnet6)
 		delete(l.states, name)
+		if t, ok := l.backend.(backend.PeerTracker); ok {
+			t.SetPeer(name, nil)
+		}
 	}
 }
 
@@ -328,7 +357,9 @@ func (l *syncLoop) update(lease subnet.Lease) {
 	st, err := l.peerState(lease)
 	if err != nil {
 		_, programmed := l.states[name]
-		if _, wasOverlapping := l.overlapping[name]; programmed || !wasOverlapping {
+		_, wasOverlapping := l.overlapping[name]
+		prev, wasUnreachable := l.unreachable[name]
+		if programmed || !(wasOverlapping || (wasUnreachable && prev.reason == err.Error())) {
 			klog.InfoS("Skipping peer", "node", name, "reason", err.Error())
 			reason := "PeerSkipped"
 			if errors.Is(err, backend.ErrUnreachable) {
@@ -337,24 +368,34 @@ func (l *syncLoop) update(lease subnet.Lease) {
 			l.event(true, reason, fmt.Sprintf("peer %s skipped: %v", name, err))
 		}
 		l.dropState(name)
+		delete(l.overlapping, name)
+		delete(l.unreachable, name)
 		if _, ok := err.(*overlapError); ok {
 			l.overlapping[name] = lease
-		} else {
-			delete(l.overlapping, name)
+		} else if errors.Is(err, backend.ErrUnreachable) {
+			l.unreachable[name] = skippedPeer{lease: lease, reason: err.Error()}
 		}
 		return
 	}
 	delete(l.overlapping, name)
+	delete(l.unreachable, name)
 	verb := "Updating peer"
 	if _, ok := l.states[name]; !ok {
 		verb = "Adding peer"
 	}
-	if l.started {
-		klog.InfoS(verb, "node", name, "subnet", lease.Subnet, "publicIP", lease.Attrs.PublicIP)
-	} else {
-		klog.V(2).InfoS(verb, "node", name, "subnet", lease.Subnet, "publicIP", lease.Attrs.PublicIP)
+	kv := []any{"node", name}
+	if lease.Subnet.IsValid() {
+		kv = append(kv, "subnet", lease.Subnet, "publicIP", lease.Attrs.PublicIP)
 	}
-	l.setState(name, lease.Subnet, st)
+	if lease.IPv6Subnet.IsValid() {
+		kv = append(kv, "subnetIPv6", lease.IPv6Subnet, "publicIPv6", lease.Attrs.PublicIPv6)
+	}
+	if l.started {
+		klog.InfoS(verb, kv...)
+	} else {
+		klog.V(2).InfoS(verb, kv...)
+	}
+	l.setState(lease, st)
 }
 
 type overlapError struct{ msg string }
@@ -364,11 +405,14 @@ func (e *overlapError) Error() string { return e.msg }
 // peerState checks that the peer's subnet overlaps neither this node's nor
 // a programmed peer's, then asks the backend for its state.
 func (l *syncLoop) peerState(peer subnet.Lease) (network.State, error) {
-	if ip.Overlaps(peer.Subnet, l.own.Subnet) {
-		return network.State{}, &overlapError{fmt.Sprintf("its subnet %s overlaps this node's subnet %s", peer.Subnet, l.own.Subnet)}
-	}
-	if other, sn, ok := l.index.overlapping(peer.Name, peer.Subnet); ok {
-		return network.State{}, &overlapError{fmt.Sprintf("its subnet %s overlaps the subnet %s of peer %s", peer.Subnet, sn, other)}
+	for _, pair := range [][2]netip.Prefix{{peer.Subnet, l.own.Subnet}, {peer.IPv6Subnet, l.own.IPv6Subnet}} {
+		sn, own := pair[0], pair[1]
+		if ip.Overlaps(sn, own) {
+			return network.State{}, &overlapError{fmt.Sprintf("its subnet %s overlaps this node's subnet %s", sn, own)}
+		}
+		if other, osn, ok := l.index.overlapping(peer.Name, sn); ok {
+			return network.State{}, &overlapError{fmt.Sprintf("its subnet %s overlaps the subnet %s of peer %s", sn, osn, other)}
+		}
 	}
 	return l.backend.PeerState(peer)
 }

@@ -49,10 +49,17 @@ type Inputs struct {
 	Kernel kernel.Interface
 	// LinkName names a link index in the output (nil: the index).
 	LinkName func(index int) string
-	// Rules are the firewall rules the daemon keeps; IPTables is read
-	// (never written) to check them. IPTables may be nil when Rules is empty.
-	Rules    []network.Rule
-	IPTables network.IPTables
+	// FirewallMode is the daemon's firewall mode: "iptables" or
+	// "nftables" (daemon.FirewallMode).
+	FirewallMode string
+	// Firewall checks the rules the daemon keeps, in FirewallMode; it is
+	// only read. Nil when the daemon keeps no rules.
+	Firewall FirewallChecker
+	// OtherMode are flanneld's rules of the other firewall mode found on
+	// the node (network.FindOtherModeRules), which the daemon removes when
+	// it starts; OtherModeErr says why they could not be looked for.
+	OtherMode    []string
+	OtherModeErr error
 	// Env is subnet.env: expected and on disk.
 	Env EnvInput
 	// Probe, if set, pings an address once and returns nil if it answered.
@@ -69,6 +76,16 @@ type Device struct {
 	MTU       int
 	Up        bool
 	Addresses []netip.Prefix // IPv4
+}
+
+// FirewallChecker reads flanneld's firewall rules without changing them:
+// the read-only part of network.RuleKeeper.
+type FirewallChecker interface {
+	// Status says for each wanted rule whether the kernel has it.
+	Status() ([]network.RuleStatus, error)
+	// Check describes the differences of flanneld's chains or tables as a
+	// whole.
+	Check() ([]string, error)
 }
 
 // EnvInput is subnet.env as expected and as read from disk.
@@ -95,7 +112,7 @@ func Build(in Inputs) (Report, error) {
 		Network: in.Config.Network.String(),
 		// Empty lists, not null, in the JSON.
 		Devices: []DeviceReport{}, Peers: []PeerReport{}, Skipped: []SkippedPeer{}, Stale: []string{},
-		Firewall: FirewallReport{Rules: []RuleReport{}, Problems: []string{}},
+		Firewall: FirewallReport{Mode: in.FirewallMode, Rules: []RuleReport{}, Problems: []string{}, OtherMode: []string{}},
 		Problems: []string{},
 	}}
 	if in.ExtIface != nil {
@@ -329,26 +346,29 @@ func (b *builder) peerState(p subnet.Lease, programmed []subnet.Lease) (network.
 }
 
 func (b *builder) firewall() error {
-	if len(b.in.Rules) == 0 {
-		return nil
-	}
-	if b.in.IPTables == nil {
-		return errors.New("no iptables to check the firewall rules with")
-	}
 	var errs []error
-	for _, rule := range b.in.Rules {
-		ok, err := b.in.IPTables.Exists(rule.Table, rule.Chain, rule.Spec...)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("check rule %s: %w", rule, err))
-			continue
-		}
+	for _, r := range b.in.OtherMode {
+		b.r.Firewall.OtherMode = append(b.r.Firewall.OtherMode, r)
+		b.problem("firewall: left over from the other firewall mode (flanneld removes it when it starts in %s mode): %s", b.in.FirewallMode, r)
+	}
+	if b.in.OtherModeErr != nil {
+		errs = append(errs, fmt.Errorf("look for rules of the other firewall mode: %w", b.in.OtherModeErr))
+	}
+	if b.in.Firewall == nil {
+		return errors.Join(errs...)
+	}
+	statuses, err := b.in.Firewall.Status()
+	if err != nil {
+		errs = append(errs, fmt.Errorf("check the firewall rules: %w", err))
+	}
+	for _, st := range statuses {
 		status := StatusOK
-		if !ok {
+		if !st.Present {
 			status = StatusMissing
 		}
-		b.r.Firewall.Rules = append(b.r.Firewall.Rules, RuleReport{Rule: rule.String(), Status: status})
+		b.r.Firewall.Rules = append(b.r.Firewall.Rules, RuleReport{Rule: st.Rule, Status: status})
 	}
-	problems, err := network.NewFirewall(b.in.IPTables, b.in.Rules).Check()
+	problems, err := b.in.Firewall.Check()
 	if err != nil {
 		errs = append(errs, fmt.Errorf("check the firewall rules: %w", err))
 	}

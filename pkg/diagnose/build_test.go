@@ -21,6 +21,7 @@ import (
 	"github.com/flanneld/flanneld/network"
 	"github.com/flanneld/flanneld/pkg/kernel"
 	"github.com/flanneld/flanneld/subnet"
+	"sigs.k8s.io/knftables"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
@@ -106,6 +107,10 @@ func (f *readOnlyIPTables) Insert(string, string, int, ...string) error {
 	return errors.New("read-only")
 }
 func (f *readOnlyIPTables) DeleteById(string, string, int) error { return errors.New("read-only") }
+func (f *readOnlyIPTables) Delete(string, string, ...string) error {
+	return errors.New("read-only")
+}
+func (f *readOnlyIPTables) ClearAndDeleteChain(string, string) error { return errors.New("read-only") }
 
 func linkName(idx int) string {
 	switch idx {
@@ -147,8 +152,7 @@ func cleanInputs(t *testing.T) (Inputs, *kernel.Fake) {
 	foreign := kernel.Route{Dst: netip.MustParsePrefix("0.0.0.0/0"), Gw: netip.MustParseAddr("192.168.100.1"), LinkIndex: extIndex, Protocol: 3}
 	k.Routes[foreign.Key()] = foreign
 
-	rules := append(network.MasqRules(network.FirewallConfig{Network: cfg.Network, Lease: own.Subnet, MasqFullyRandom: true}),
-		network.ForwardRules(cfg.Network)...)
+	rules := cleanRuleSet(cfg, own).IPTablesRules()
 	env := subnet.NewEnv(cfg, &own, 1450, true)
 	onDisk, err := subnet.FormatEnv(env)
 	if err != nil {
@@ -163,13 +167,22 @@ func cleanInputs(t *testing.T) (Inputs, *kernel.Fake) {
 		Backend:  fakeBackend{},
 		Devices: []Device{{Name: deviceName, Index: vtepIndex, Type: "vxlan", VNI: 1, MAC: ownMAC, MTU: 1450, Up: true,
 			Addresses: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/32")}}},
-		Peers:    peers,
-		Kernel:   k,
-		LinkName: linkName,
-		Rules:    rules,
-		IPTables: newIPTables(rules),
-		Env:      EnvInput{Path: "/run/flannel/subnet.env", Expected: env, OnDisk: onDisk},
+		Peers:        peers,
+		Kernel:       k,
+		LinkName:     linkName,
+		FirewallMode: "iptables",
+		Firewall:     network.NewFirewall(newIPTables(rules), rules),
+		Env:          EnvInput{Path: "/run/flannel/subnet.env", Expected: env, OnDisk: onDisk},
 	}, k
+}
+
+// cleanRuleSet is the rule set of the clean node: masquerade (fully random)
+// and forward rules.
+func cleanRuleSet(cfg *subnet.Config, own subnet.Lease) network.RuleSet {
+	return network.RuleSet{
+		FirewallConfig: network.FirewallConfig{Network: cfg.Network, Lease: own.Subnet, MasqFullyRandom: true},
+		Masq:           true, Forward: true,
+	}
 }
 
 // checkGolden compares got with testdata/name, or rewrites it with -update.
@@ -249,7 +262,8 @@ func TestBuildProblems(t *testing.T) {
 	)
 	in.Skipped = map[string]error{"nocidr6": errors.New("node nocidr6 has no podCIDR")}
 	// A forward rule was deleted; subnet.env has another MTU.
-	fw := in.IPTables.(*readOnlyIPTables)
+	fw := newIPTables(cleanRuleSet(in.Config, own).IPTablesRules())
+	in.Firewall = network.NewFirewall(fw, cleanRuleSet(in.Config, own).IPTablesRules())
 	fw.chains["filter/FLANNEL-FWD"] = fw.chains["filter/FLANNEL-FWD"][:1]
 	in.Env.OnDisk = bytes.Replace(in.Env.OnDisk, []byte("FLANNEL_MTU=1450"), []byte("FLANNEL_MTU=1400"), 1)
 	// n3 does not answer.
@@ -290,6 +304,70 @@ func TestBuildProblems(t *testing.T) {
 
 // TestBuildWithoutDevice: flannel.1 is gone (deleted, or flanneld never
 // ran), subnet.env too.
+// TestBuildNFTables is the clean node in nftables mode: the rules are
+// read from the nftables tables; a deleted rule is missing and its chain
+// differs, and iptables rules left from iptables mode are problems too.
+func TestBuildNFTables(t *testing.T) {
+	in, _ := cleanInputs(t)
+	nft := network.NewFakeNFTables()
+	fw := network.NewNFTFirewall(nft, []network.NFTTable{cleanRuleSet(in.Config, in.Own).NFTTable()})
+	if _, err := fw.Ensure(); err != nil {
+		t.Fatal(err)
+	}
+	in.FirewallMode, in.Firewall = "nftables", fw
+
+	r, err := Build(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.OK || r.Firewall.Mode != "nftables" || len(r.Firewall.Rules) != 8 {
+		t.Fatalf("clean nftables node: OK %v, firewall %+v, problems %q", r.OK, r.Firewall, r.Problems)
+	}
+	for _, rule := range r.Firewall.Rules {
+		if rule.Status != StatusOK || !strings.HasPrefix(rule.Rule, "ip flannel-ipv4 ") {
+			t.Errorf("rule %+v", rule)
+		}
+	}
+
+	// Someone deleted the forward rule for traffic to the network, and
+	// iptables mode left its masquerade chain.
+	tx := nft.NewTransaction()
+	tx.Delete(&knftables.Rule{Family: knftables.IPv4Family, Table: network.NFTTableIPv4, Chain: network.NFTForwardChain,
+		Handle: nft.Tables[knftables.IPv4Family][network.NFTTableIPv4].Chains[network.NFTForwardChain].Rules[1].Handle})
+	if err := nft.Run(context.Background(), tx); err != nil {
+		t.Fatal(err)
+	}
+	nft.LastTransaction = nil
+	in.OtherMode = []string{"iptables chain nat/FLANNEL-POSTRTG"}
+	r, err = Build(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nft.LastTransaction != nil {
+		t.Errorf("diagnose changed the tables:\n%s", nft.LastTransaction)
+	}
+	want := []string{
+		"firewall: left over from the other firewall mode (flanneld removes it when it starts in nftables mode): iptables chain nat/FLANNEL-POSTRTG",
+		"firewall: ip flannel-ipv4/forward: 1 rule missing",
+	}
+	if r.OK || !slices.Equal(r.Problems, want) {
+		t.Errorf("problems %q, want %q", r.Problems, want)
+	}
+	last := r.Firewall.Rules[len(r.Firewall.Rules)-1]
+	if last.Status != StatusMissing || last.Rule != `ip flannel-ipv4 forward ip daddr 10.244.0.0/16 accept comment "flanneld forward"` {
+		t.Errorf("last rule %+v, want the deleted forward rule missing", last)
+	}
+	text, _ := render(t, r)
+	checkGolden(t, "nftables.txt", text)
+
+	// A failure to look for the other mode's rules is an error of the
+	// diagnosis, not a difference.
+	in.OtherMode, in.OtherModeErr = nil, errors.New("ip6tables: permission denied")
+	if _, err := Build(in); err == nil || !strings.Contains(err.Error(), "permission denied") {
+		t.Errorf("Build error = %v, want the error looking for the other mode", err)
+	}
+}
+
 func TestBuildWithoutDevice(t *testing.T) {
 	in, k := cleanInputs(t)
 	for key, n := range k.Neighs {

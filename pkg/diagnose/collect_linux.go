@@ -14,7 +14,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/coreos/go-iptables/iptables"
 	"github.com/vishvananda/netlink"
 
 	"github.com/flanneld/flanneld/backend"
@@ -90,7 +89,7 @@ func Collect(ctx context.Context, o daemon.Options, probe bool) (Inputs, func(),
 	if err != nil {
 		return Inputs{}, noop, err
 	}
-	if err := daemon.CheckSupported(cfg); err != nil {
+	if err := daemon.CheckSupported(cfg, o.KubeSubnetMgr); err != nil {
 		return Inputs{}, noop, err
 	}
 
@@ -136,12 +135,13 @@ func Collect(ctx context.Context, o daemon.Options, probe bool) (Inputs, func(),
 		return Inputs{}, noop, err
 	}
 
-	in.Rules = daemon.FirewallRules(&o, cfg, in.Own)
-	if len(in.Rules) > 0 {
-		if in.IPTables, err = network.NewIPTables(iptables.ProtocolIPv4); err != nil {
+	in.FirewallMode = daemon.FirewallMode(cfg)
+	if sets := daemon.FirewallRuleSets(&o, cfg, in.Own); len(sets) > 0 {
+		if in.Firewall, err = network.NewRuleKeeper(cfg.EnableNFTables, sets, nil); err != nil {
 			return Inputs{}, noop, err
 		}
 	}
+	in.OtherMode, in.OtherModeErr = network.FindOtherModeRules(cfg.EnableNFTables)
 	in.Env.Expected = subnet.NewEnv(cfg, &in.Own, be.MTU(), o.IPMasq)
 	in.Env.OnDisk, in.Env.ReadErr = os.ReadFile(o.SubnetFile)
 	if probe {

@@ -55,7 +55,7 @@ type Report struct {
 	// Stale are entries flanneld owns that no peer needs: the next full
 	// pass of a running daemon removes them.
 	Stale []string `json:"stale"`
-	// Firewall compares the iptables rules.
+	// Firewall compares the firewall rules (iptables or nftables).
 	Firewall FirewallReport `json:"firewall"`
 	// SubnetEnv compares subnet.env.
 	SubnetEnv SubnetEnvReport `json:"subnetEnv"`
@@ -157,15 +157,24 @@ type SkippedPeer struct {
 	Reason string `json:"reason"`
 }
 
-// FirewallReport compares the iptables rules flanneld keeps.
+// FirewallReport compares the firewall rules flanneld keeps.
 type FirewallReport struct {
-	// Rules are the expected rules (iptables-save form with the table)
-	// and whether each is present ("ok" or "missing").
+	// Mode is "iptables" or "nftables" (EnableNFTables).
+	Mode string `json:"mode"`
+	// Rules are the expected rules and whether each is present ("ok" or
+	// "missing"): in iptables mode in iptables-save form with the table,
+	// in nftables mode as `nft add rule` takes them ("ip flannel-ipv4
+	// postrtg ...").
 	Rules []RuleReport `json:"rules"`
-	// Problems are the differences of flanneld's chains as a whole
-	// (missing, unexpected or reordered rules), e.g.
-	// "nat/FLANNEL-POSTRTG: 1 rule missing".
+	// Problems are the differences of flanneld's chains or tables as a
+	// whole (missing, unexpected or reordered rules), e.g.
+	// "nat/FLANNEL-POSTRTG: 1 rule missing" or
+	// "ip flannel-ipv4/postrtg: 1 rule missing".
 	Problems []string `json:"problems"`
+	// OtherMode are flanneld's rules of the other mode still on the node,
+	// e.g. "iptables chain nat/FLANNEL-POSTRTG" in nftables mode, or
+	// "nftables table ip flannel-ipv4" in iptables mode.
+	OtherMode []string `json:"otherMode"`
 }
 
 // RuleReport is one expected rule.

@@ -119,7 +119,11 @@ func WriteText(w io.Writer, r Report) error {
 	}
 
 	p.section(func(t io.Writer) {
-		fmt.Fprintln(t, "FIREWALL RULE\tSTATUS")
+		heading := "FIREWALL RULE"
+		if r.Firewall.Mode != "" {
+			heading += " (" + r.Firewall.Mode + ")"
+		}
+		fmt.Fprintln(t, heading+"\tSTATUS")
 		if len(r.Firewall.Rules) == 0 {
 			fmt.Fprintln(t, "(none: neither --ip-masq nor --iptables-forward-rules)")
 		}
@@ -128,6 +132,9 @@ func WriteText(w io.Writer, r Report) error {
 		}
 		for _, problem := range r.Firewall.Problems {
 			fmt.Fprintf(t, "%s\t%s\n", problem, StatusDiffers)
+		}
+		for _, left := range r.Firewall.OtherMode {
+			fmt.Fprintf(t, "%s\tleft over from the other mode\n", left)
 		}
 	})
 

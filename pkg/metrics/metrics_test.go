@@ -30,6 +30,7 @@ var flanneldMetrics = map[string][]string{
 	"flanneld_device_packets_total":              {"device", "direction"},
 	"flanneld_device_bytes_total":                {"device", "direction"},
 	"flanneld_device_dropped_total":              {"device", "direction"},
+	"flanneld_udp_dropped_packets_total":         {"reason"},
 }
 
 // TestRegistry checks that the registry exposes exactly the documented
@@ -48,7 +49,7 @@ func TestRegistry(t *testing.T) {
 	go func() {
 		for _, c := range []prometheus.Collector{m.PeersKnown, m.PeersProgrammed, m.PeersSkipped, m.SyncPasses,
 			m.SyncDuration, m.SyncErrors, m.LastSync, m.DriftRepairs, m.Lease, m.LeaseExpiry, m.WatchEvents,
-			m.LastWatchSync, NewLinkStats(nil, nil)} {
+			m.LastWatchSync, NewLinkStats(nil, nil), NewUDPDrops(nil)} {
 			c.Describe(descs)
 		}
 		close(descs)

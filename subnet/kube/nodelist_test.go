@@ -24,7 +24,7 @@ func kubeletNode(i int) v1.Node {
 			ResourceVersion: fmt.Sprint(1000 + i),
 			Labels:          map[string]string{"kubernetes.io/os": "linux", "kubernetes.io/hostname": "node"},
 			Annotations: map[string]string{
-				"node.alpha.kubernetes.io/ttl": "0",
+				"node.alpha.kubernetes.io/ttl":                 "0",
 				"flannel.alpha.coreos.com/kube-subnet-manager": "true",
 				"flannel.alpha.coreos.com/backend-type":        "vxlan",
 				"flannel.alpha.coreos.com/backend-data":        `{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}`,

@@ -1,0 +1,254 @@
+//go:build linux
+
+package network
+
+import (
+	"context"
+	"os/exec"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/coreos/go-iptables/iptables"
+	"sigs.k8s.io/knftables"
+)
+
+// The tests in this file run the real nft (and iptables) binaries inside a
+// throwaway network namespace (fwEnterThrowawayNetns). They need root and
+// skip without it.
+
+// nftCountingRuns wraps an NFTables and counts its transactions.
+type nftCountingRuns struct {
+	NFTables
+	runs int
+}
+
+func (c *nftCountingRuns) Run(ctx context.Context, tx *knftables.Transaction) error {
+	c.runs++
+	return c.NFTables.Run(ctx, tx)
+}
+
+// nftEnterNetns is fwEnterThrowawayNetns that also needs nft.
+func nftEnterNetns(t *testing.T) string {
+	t.Helper()
+	name := fwEnterThrowawayNetns(t)
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skipf("nft not installed: %v", err)
+	}
+	return name
+}
+
+// nftListTable is `nft list table FAMILY NAME` in netns name, read
+// independently of the test's thread; "" when the table does not exist.
+func nftListTable(t *testing.T, name string, family knftables.Family, table string) string {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", name, "nft", "list", "table", string(family), table).CombinedOutput()
+	if err != nil {
+		if strings.Contains(string(out), "No such file or directory") {
+			return ""
+		}
+		t.Fatalf("nft list table %s %s: %v: %s", family, table, err, out)
+	}
+	return string(out)
+}
+
+// nftHandleOf returns the handle of the first rule of chain whose text
+// contains match, from `nft -a list chain`.
+func nftHandleOf(t *testing.T, name, chain, match string) string {
+	t.Helper()
+	out := fwRun(t, "ip", "netns", "exec", name, "nft", "-a", "list", "chain", "ip", NFTTableIPv4, chain)
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, match) {
+			if m := regexp.MustCompile(`# handle (\d+)$`).FindStringSubmatch(strings.TrimSpace(line)); m != nil {
+				return m[1]
+			}
+		}
+	}
+	t.Fatalf("no rule matching %q in chain %s:\n%s", match, chain, out)
+	return ""
+}
+
+// nftAssertListings checks that the kernel lists both tables exactly as
+// generated (testdata/nftables_ipv{4,6}.list.golden).
+func nftAssertListings(t *testing.T, name string) {
+	t.Helper()
+	fwDiffLines(t, nftListTable(t, name, knftables.IPv4Family, NFTTableIPv4), fwReadGolden(t, "nftables_ipv4.list.golden"))
+	fwDiffLines(t, nftListTable(t, name, knftables.IPv6Family, NFTTableIPv6), fwReadGolden(t, "nftables_ipv6.list.golden"))
+}
+
+// nftAssertQuietReal checks that Ensure, on fw and on a new NFTFirewall for
+// the same tables, repairs nothing and runs no transaction.
+func nftAssertQuietReal(t *testing.T, nft NFTables, fw *NFTFirewall) {
+	t.Helper()
+	for _, fw := range []*NFTFirewall{fw, NewNFTFirewall(nft, fw.Tables())} {
+		counting := &nftCountingRuns{NFTables: nft}
+		fw.nft = counting
+		repairs, err := fw.Ensure()
+		fw.nft = nft
+		if err != nil {
+			t.Fatalf("Ensure: %v", err)
+		}
+		if len(repairs) != 0 || counting.runs != 0 {
+			t.Errorf("Ensure on correct tables repaired %q with %d transactions", repairs, counting.runs)
+		}
+	}
+}
+
+func TestNFTRootRules(t *testing.T) {
+	name := nftEnterNetns(t)
+	nft, err := NewNFTables()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw := NewNFTFirewall(nft, []NFTTable{nftSet(fwReferenceConfig).NFTTable(), nftSet(fwReferenceIPv6Config).NFTTable()})
+	repairs, err := fw.Ensure()
+	if err != nil {
+		t.Fatalf("first Ensure: %v", err)
+	}
+	if want := []string{"ip flannel-ipv4: table missing", "ip6 flannel-ipv6: table missing"}; !slices.Equal(repairs, want) {
+		t.Errorf("repairs = %q, want %q", repairs, want)
+	}
+	nftAssertListings(t, name)
+	if len(fw.printed) != 0 {
+		t.Errorf("nft lists the rules in another form than generated: %+v", fw.printed)
+	}
+	t.Logf("nft list table ip %s:\n%s", NFTTableIPv4, nftListTable(t, name, knftables.IPv4Family, NFTTableIPv4))
+	nftAssertQuietReal(t, nft, fw)
+	if st, err := fw.Status(); err != nil || len(st) != 16 || slices.ContainsFunc(st, func(s RuleStatus) bool { return !s.Present }) {
+		t.Errorf("Status = %v, %v; want 16 rules present", st, err)
+	}
+
+	for _, c := range []struct {
+		name   string
+		damage func() []string
+		want   []string
+	}{
+		{"delete rule", func() []string {
+			return []string{"nft", "delete", "rule", "ip", NFTTableIPv4, NFTMasqChain, "handle", nftHandleOf(t, name, NFTMasqChain, "masquerade")}
+		}, []string{"ip flannel-ipv4/postrtg: 1 rule missing"}},
+		{"flush chain", func() []string {
+			return []string{"nft", "flush", "chain", "ip", NFTTableIPv4, NFTForwardChain}
+		}, []string{"ip flannel-ipv4/forward: 2 rules missing"}},
+		{"delete chain", func() []string {
+			return []string{"nft", "delete", "chain", "ip", NFTTableIPv4, NFTForwardChain}
+		}, []string{"ip flannel-ipv4/forward: chain missing"}},
+		{"delete table", func() []string {
+			return []string{"nft", "delete", "table", "ip6", NFTTableIPv6}
+		}, []string{"ip6 flannel-ipv6: table missing"}},
+		{"foreign rule", func() []string {
+			return []string{"nft", "insert", "rule", "ip", NFTTableIPv4, NFTForwardChain, "ip", "saddr", "192.0.2.0/24", "drop"}
+		}, []string{"ip flannel-ipv4/forward: 1 unexpected rule"}},
+		{"changed rule", func() []string {
+			return []string{"nft", "replace", "rule", "ip", NFTTableIPv4, NFTMasqChain, "handle", nftHandleOf(t, name, NFTMasqChain, "224.0.0.0/4"),
+				"ip", "saddr", "10.244.0.0/16", "ip", "daddr", "!=", "224.0.0.0/4", "masquerade", "comment", `"flanneld masq"`}
+		}, []string{"ip flannel-ipv4/postrtg: 1 rule missing, 1 unexpected rule"}},
+		{"foreign chain", func() []string {
+			return []string{"nft", "add", "chain", "ip", NFTTableIPv4, "extra"}
+		}, []string{"ip flannel-ipv4: unexpected chain extra"}},
+		{"chain replaced by another type", func() []string {
+			return []string{"sh", "-c", "nft delete chain ip flannel-ipv4 forward && nft 'add chain ip flannel-ipv4 forward { type filter hook forward priority 10; }'"}
+		}, []string{`ip flannel-ipv4/forward: chain is "type filter hook forward priority filter + 10; policy accept;", want "type filter hook forward priority filter; policy accept;"`}},
+	} {
+		fwRun(t, append([]string{"ip", "netns", "exec", name}, c.damage()...)...)
+		problems, err := fw.Check()
+		if err != nil || !slices.Equal(problems, c.want) {
+			t.Errorf("%s: Check = %q, %v; want %q", c.name, problems, err, c.want)
+		}
+		repairs, err := fw.Ensure()
+		if err != nil {
+			t.Fatalf("%s: Ensure: %v", c.name, err)
+		}
+		if !slices.Equal(repairs, c.want) {
+			t.Errorf("%s: repairs = %q, want %q", c.name, repairs, c.want)
+		}
+		nftAssertListings(t, name)
+		nftAssertQuietReal(t, nft, fw)
+	}
+}
+
+func TestNFTRootModeSwitch(t *testing.T) {
+	name := nftEnterNetns(t)
+	saved := func() string {
+		return fwSavedRules(t, name, "iptables-save") + fwSavedRules(t, name, "ip6tables-save")
+	}
+	flannelIPTables := regexp.MustCompile(`(?m)^.*(FLANNEL|flanneld).*$`)
+
+	// Nothing of either mode yet: nothing found, nothing to remove.
+	for _, nftMode := range []bool{false, true} {
+		if found, err := FindOtherModeRules(nftMode); err != nil || len(found) != 0 {
+			t.Errorf("FindOtherModeRules(%v) on a clean namespace = %q, %v", nftMode, found, err)
+		}
+		if removed, err := RemoveOtherModeRules(nftMode); err != nil || len(removed) != 0 {
+			t.Errorf("RemoveOtherModeRules(%v) on a clean namespace = %q, %v", nftMode, removed, err)
+		}
+	}
+
+	// iptables mode, both families, next to another agent's rules.
+	for _, c := range []struct {
+		proto  iptables.Protocol
+		config FirewallConfig
+	}{{iptables.ProtocolIPv4, fwReferenceConfig}, {iptables.ProtocolIPv6, fwReferenceIPv6Config}} {
+		ipt, err := NewIPTables(c.proto)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := NewFirewall(ipt, fwAllRules(c.config)).Ensure(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fwRun(t, "ip", "netns", "exec", name, "iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "192.0.2.0/24", "-j", "MASQUERADE")
+	fwRun(t, "ip", "netns", "exec", name, "ip6tables", "-A", "FORWARD", "-d", "2001:db8::/32", "-j", "ACCEPT")
+	if got := flannelIPTables.FindAllString(saved(), -1); len(got) != 20 {
+		t.Fatalf("iptables mode installed %d flannel rules, want 20:\n%s", len(got), strings.Join(got, "\n"))
+	}
+
+	// Switch to nftables mode: the iptables rules go, the others' stay.
+	found, err := FindOtherModeRules(true)
+	if err != nil || len(found) != 8 { // per family 2 jumps and 2 chains
+		t.Errorf("FindOtherModeRules(true) = %q, %v; want 8 entries", found, err)
+	}
+	nft, err := NewNFTables()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw := NewNFTFirewall(nft, []NFTTable{nftSet(fwReferenceConfig).NFTTable(), nftSet(fwReferenceIPv6Config).NFTTable()})
+	if _, err := fw.Ensure(); err != nil {
+		t.Fatal(err)
+	}
+	removed, err := RemoveOtherModeRules(true)
+	if err != nil || !slices.Equal(removed, found) {
+		t.Errorf("RemoveOtherModeRules(true) = %q, %v; want %q", removed, err, found)
+	}
+	after := saved()
+	if left := flannelIPTables.FindAllString(after, -1); len(left) != 0 {
+		t.Errorf("flannel iptables rules left after the switch to nftables:\n%s", strings.Join(left, "\n"))
+	}
+	for _, foreign := range []string{"-t nat -A POSTROUTING -s 192.0.2.0/24 -j MASQUERADE", "-t filter -A FORWARD -d 2001:db8::/32 -j ACCEPT"} {
+		if !strings.Contains(after, foreign) {
+			t.Errorf("another agent's rule %q was removed:\n%s", foreign, after)
+		}
+	}
+	nftAssertListings(t, name)
+	if found, err := FindOtherModeRules(true); err != nil || len(found) != 0 {
+		t.Errorf("after the switch FindOtherModeRules(true) = %q, %v", found, err)
+	}
+
+	// And back to iptables mode: the nftables tables go, the others' stay.
+	fwRun(t, "ip", "netns", "exec", name, "nft", "add", "table", "inet", "someone-else")
+	removed, err = RemoveOtherModeRules(false)
+	if want := []string{"nftables table ip flannel-ipv4", "nftables table ip6 flannel-ipv6"}; err != nil || !slices.Equal(removed, want) {
+		t.Errorf("RemoveOtherModeRules(false) = %q, %v; want %q", removed, err, want)
+	}
+	for _, tbl := range nftOwnedTables {
+		if out := nftListTable(t, name, tbl.Family, tbl.Name); out != "" {
+			t.Errorf("table %s left after the switch to iptables:\n%s", tbl, out)
+		}
+	}
+	if out := nftListTable(t, name, knftables.InetFamily, "someone-else"); out == "" {
+		t.Error("another agent's table was removed")
+	}
+	if found, err := FindOtherModeRules(false); err != nil || len(found) != 0 {
+		t.Errorf("after the switch FindOtherModeRules(false) = %q, %v", found, err)
+	}
+}
