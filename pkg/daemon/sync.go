@@ -251,6 +251,13 @@ func (l *syncLoop) watchKernel(ctx context.Context, extIndex int) {
 				}
 				extUp = ev.Link.Up
 			}
+		case ev.Addr != nil:
+			// A peer skipped as unreachable may be reachable now (an
+			// IPv6 address often returns after its link is up).
+			if ev.Addr.LinkIndex == extIndex && !ev.Deleted {
+				klog.V(2).InfoS("External interface got an address; resyncing", "address", ev.Addr.Addr)
+				l.kick()
+			}
 		case l.reconciler.Drifted(ev):
 			klog.V(2).InfoS("Kernel entry changed by someone else", "event", ev)
 			l.kick()

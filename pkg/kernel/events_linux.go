@@ -3,15 +3,18 @@ package kernel
 import (
 	"context"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
+
+	"github.com/flanneld/flanneld/ip"
 )
 
 // Event is a change the kernel reported. Exactly one of Route, Neigh, FDB,
-// Link is set, unless Lost is: then notifications were lost (the socket
+// Link, Addr is set, unless Lost is: then notifications were lost (the socket
 // overflowed) and the receiver must assume anything changed.
 type Event struct {
 	// Deleted is set when the entry was removed. A neighbour or FDB entry
@@ -21,7 +24,14 @@ type Event struct {
 	Neigh   *Neigh
 	FDB     *FDB
 	Link    *LinkEvent
+	Addr    *AddrEvent
 	Lost    bool
+}
+
+// AddrEvent is an address added to (or, with Deleted, removed from) a link.
+type AddrEvent struct {
+	LinkIndex int
+	Addr      netip.Prefix
 }
 
 // LinkEvent describes a link's state after a change.
@@ -77,6 +87,7 @@ func subscribeOnce(ctx context.Context, fn func(Event)) {
 	routes := make(chan netlink.RouteUpdate, eventBuffer)
 	neighs := make(chan netlink.NeighUpdate, eventBuffer)
 	links := make(chan netlink.LinkUpdate, eventBuffer)
+	addrs := make(chan netlink.AddrUpdate, eventBuffer)
 	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{ErrorCallback: onErr, ReceiveBufferSize: socketBuffer, ReceiveBufferForceSize: true}); err != nil {
 		klog.ErrorS(err, "Subscribe to route changes")
 		return
@@ -87,6 +98,10 @@ func subscribeOnce(ctx context.Context, fn func(Event)) {
 	}
 	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{ErrorCallback: onErr, ReceiveBufferSize: socketBuffer, ReceiveBufferForceSize: true}); err != nil {
 		klog.ErrorS(err, "Subscribe to link changes")
+		return
+	}
+	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{ErrorCallback: onErr, ReceiveBufferSize: socketBuffer, ReceiveBufferForceSize: true}); err != nil {
+		klog.ErrorS(err, "Subscribe to address changes")
 		return
 	}
 	for {
@@ -110,6 +125,11 @@ func subscribeOnce(ctx context.Context, fn func(Event)) {
 			if ev, ok := neighEvent(u); ok {
 				fn(ev)
 			}
+		case u, ok := <-addrs:
+			if !ok {
+				return
+			}
+			fn(Event{Addr: &AddrEvent{LinkIndex: u.LinkIndex, Addr: ip.PrefixFromIPNet(&u.LinkAddress)}, Deleted: !u.NewAddr})
 		case u, ok := <-links:
 			if !ok {
 				return
