@@ -108,7 +108,7 @@ func (b *Backend) Configure(_ context.Context, own subnet.Lease) error {
 		return fmt.Errorf("TUN device %s: %w", DeviceName, err)
 	}
 	addr := netip.PrefixFrom(own.Subnet.Masked().Addr(), 32)
-	if err := ensureOnlyAddress(b.h, link, addr); err != nil {
+	if err := ip.EnsureOnlyAddress(b.h, link, addr); err != nil {
 		return err
 	}
 	disableIPv6(DeviceName)
@@ -132,31 +132,4 @@ func disableIPv6(dev string) {
 	if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
 		klog.V(2).InfoS("Could not disable IPv6 on the TUN device", "device", dev, "err", err)
 	}
-}
-
-// ensureOnlyAddress gives link exactly one IPv4 address, addr.
-func ensureOnlyAddress(h *netlink.Handle, link netlink.Link, addr netip.Prefix) error {
-	addrs, err := h.AddrList(link, netlink.FAMILY_V4)
-	if err != nil {
-		return fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
-	}
-	found := false
-	for _, a := range addrs {
-		p := ip.PrefixFromIPNet(a.IPNet)
-		if p == addr {
-			found = true
-			continue
-		}
-		klog.InfoS("Removing stale address", "device", link.Attrs().Name, "address", p)
-		if err := h.AddrDel(link, &a); err != nil {
-			return fmt.Errorf("remove stale address %s from %s: %w", p, link.Attrs().Name, err)
-		}
-	}
-	if found {
-		return nil
-	}
-	if err := h.AddrAdd(link, &netlink.Addr{IPNet: ip.IPNetFromPrefix(addr)}); err != nil {
-		return fmt.Errorf("add address %s to %s: %w", addr, link.Attrs().Name, err)
-	}
-	return nil
 }

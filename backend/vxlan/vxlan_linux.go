@@ -10,7 +10,6 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
 	"github.com/flanneld/flanneld/backend"
@@ -254,7 +253,7 @@ func (b *Backend) Configure(_ context.Context, own subnet.Lease) error {
 			return fmt.Errorf("vxlan device %s: %w", v.name, err)
 		}
 		addr := netip.PrefixFrom(sn.Masked().Addr(), sn.Addr().BitLen())
-		if err := ensureOnlyAddress(b.h, link, addr); err != nil {
+		if err := ip.EnsureOnlyAddress(b.h, link, addr); err != nil {
 			return err
 		}
 		if link.Attrs().Flags&net.FlagUp != 0 {
@@ -334,44 +333,4 @@ func ensureDevice(h *netlink.Handle, want *netlink.Vxlan, enforceMAC bool) (netl
 	}
 	klog.InfoS("Created VXLAN device", "device", name, "vni", want.VxlanId, "mac", link.Attrs().HardwareAddr, "mtu", want.MTU)
 	return link, nil
-}
-
-// ensureOnlyAddress gives link exactly one address of addr's family, addr
-// (IPv6 link-local addresses, which the kernel adds itself, are left
-// alone).
-func ensureOnlyAddress(h *netlink.Handle, link netlink.Link, addr netip.Prefix) error {
-	family := netlink.FAMILY_V4
-	if addr.Addr().Is6() {
-		family = netlink.FAMILY_V6
-	}
-	addrs, err := h.AddrList(link, family)
-	if err != nil {
-		return fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
-	}
-	found := false
-	for _, a := range addrs {
-		p := ip.PrefixFromIPNet(a.IPNet)
-		if p == addr {
-			found = true
-			continue
-		}
-		if p.Addr().IsLinkLocalUnicast() {
-			continue
-		}
-		klog.InfoS("Removing stale address", "device", link.Attrs().Name, "address", p)
-		if err := h.AddrDel(link, &a); err != nil {
-			return fmt.Errorf("remove stale address %s from %s: %w", p, link.Attrs().Name, err)
-		}
-	}
-	if found {
-		return nil
-	}
-	na := &netlink.Addr{IPNet: ip.IPNetFromPrefix(addr)}
-	if addr.Addr().Is6() {
-		na.Flags = unix.IFA_F_NODAD // the address is ours alone: no duplicate detection delay
-	}
-	if err := h.AddrAdd(link, na); err != nil {
-		return fmt.Errorf("add address %s to %s: %w", addr, link.Attrs().Name, err)
-	}
-	return nil
 }
