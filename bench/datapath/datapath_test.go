@@ -28,7 +28,7 @@ const (
 // defaultBackends are measured when FLANNELD_BENCH_BACKENDS is unset. Any
 // backend type flanneld knows can be named there (e.g. udp): the
 // benchmark only writes it into net-conf.json.
-const defaultBackends = "vxlan,host-gw"
+const defaultBackends = "vxlan,host-gw,udp"
 
 const (
 	readyTimeout = 60 * time.Second
