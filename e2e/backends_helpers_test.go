@@ -1,8 +1,10 @@
 package e2e
 
-// Helpers shared by the host-gw, DirectRouting and backend-switch tests
-// (issue 4): net-conf files, expected direct routes, node annotations per
-// backend, and link counters.
+// Helpers shared by the backend tests (vxlan, host-gw, udp, DirectRouting,
+// dual stack, backend switch; issue 4): net-conf files, expected direct
+// routes, node annotations per backend, link counters, and the checks
+// every backend's cluster test makes (subnet.env, annotations, firewall
+// rules, pods that ping).
 
 import (
 	"encoding/json"
@@ -188,12 +190,18 @@ func subnetEnvWithMTU(i, mtu int) string {
 // Node (REFERENCE section 3) for backend type backendType with
 // backend-data backendData, and the NetworkUnavailable condition.
 func checkFlannelNode(node *corev1.Node, backendType, backendData, publicIP string) error {
-	return checkFlannelNodeWith(node, map[string]string{
+	return checkFlannelNodeWith(node, wantAnnotations(backendType, backendData, publicIP))
+}
+
+// wantAnnotations is what checkFlannelNode expects, as checkFlannelNodeWith
+// takes it (keys without the prefix).
+func wantAnnotations(backendType, backendData, publicIP string) map[string]string {
+	return map[string]string{
 		"kube-subnet-manager": "true",
 		"backend-type":        backendType,
 		"backend-data":        backendData,
 		"public-ip":           publicIP,
-	})
+	}
 }
 
 // checkFlannelNodeWith is checkFlannelNode with the expected annotations
@@ -279,5 +287,121 @@ func flapUnderlay(t testing.TB, n *lab.Node) {
 		addr := netip.PrefixFrom(n.IPv6, n.Segment.Prefix6().Bits()).String()
 		mustExec(t, n.Netns, "ip", "-6", "addr", "replace", addr, "dev", "eth0", "nodad")
 		mustExec(t, n.Netns, "ip", "-6", "route", "replace", "default", "via", n.Segment.Gateway6().String(), "dev", "eth0")
+	}
+}
+
+// checkSubnetEnvs checks the subnet.env of every lab node i+1 of nodes
+// against env(i+1, mtu), e.g. subnetEnvWithMTU or subnetEnvDualStack.
+func checkSubnetEnvs(t *testing.T, nodes []*lab.Node, env func(i, mtu int) string, mtu int) {
+	t.Helper()
+	for i, n := range nodes {
+		if got, want := n.WaitSubnetEnv(t, convergeTimeout), env(i+1, mtu); got != want {
+			t.Errorf("%s: subnet.env:\n%s\nwant:\n%s", n.Name, got, want)
+		}
+	}
+}
+
+// checkNodeAnnotations polls the Node of every lab node i+1 of nodes for
+// the flannel annotations want(i, n) (checkFlannelNodeWith) and the
+// NetworkUnavailable condition. want is called before polling, so it may
+// fail the test.
+func checkNodeAnnotations(t *testing.T, l *lab.Lab, nodes []*lab.Node, want func(i int, n *lab.Node) map[string]string) {
+	t.Helper()
+	for i, n := range nodes {
+		want := want(i, n)
+		if err := lab.Poll(convergeTimeout, func() error { return checkFlannelNodeWith(l.GetNode(t, n), want) }); err != nil {
+			t.Errorf("Node %s: %v", n.Name, err)
+		}
+	}
+}
+
+// checkBackendAnnotations is checkNodeAnnotations for an IPv4 cluster of
+// lab nodes (checkFlannelNode): backend type backendType, backend-data
+// backendData(n) and public-ip underlayIP(i+1).
+func checkBackendAnnotations(t *testing.T, l *lab.Lab, nodes []*lab.Node, backendType string, backendData func(n *lab.Node) string) {
+	t.Helper()
+	checkNodeAnnotations(t, l, nodes, func(i int, n *lab.Node) map[string]string {
+		return wantAnnotations(backendType, backendData(n), underlayIP(i+1))
+	})
+}
+
+// nullBackendData is the backend-data of host-gw and udp nodes.
+func nullBackendData(*lab.Node) string { return "null" }
+
+// vxlanBackendData is the backend-data of a vxlan node whose device has
+// MAC mac.
+func vxlanBackendData(mac string) string {
+	return fmt.Sprintf(`{"VNI":1,"VtepMAC":"%s"}`, mac)
+}
+
+// checkFirewallRules polls every lab node i+1 of nodes, in each family of
+// fams, for the rules of REFERENCE section 6 for its subnet of the family
+// (checkNodeRules, checkNodeRules6).
+func checkFirewallRules(t *testing.T, nodes []*lab.Node, fams ...podFamily) {
+	t.Helper()
+	for i, n := range nodes {
+		for _, fam := range fams {
+			check, tool := checkNodeRules, "iptables"
+			if fam.ipv6 {
+				check, tool = checkNodeRules6, "ip6tables"
+			}
+			if err := lab.Poll(convergeTimeout, func() error { return check(n.Netns, fam.podCIDR(i+1)) }); err != nil {
+				t.Errorf("%s, %s: %v", n.Name, tool, err)
+			}
+		}
+	}
+}
+
+// checkHostGWRoutes polls every node, in each family of fams, for exactly
+// its direct routes to the other nodes (checkDirectRoutes,
+// checkDirectRoutes6), then checks that flanneld owns no route on another
+// device than eth0.
+func checkHostGWRoutes(t *testing.T, nodes []*lab.Node, fams ...podFamily) {
+	t.Helper()
+	for _, n := range nodes {
+		for _, fam := range fams {
+			check, want := checkDirectRoutes, directRoutesFor(n, nodes...)
+			if fam.ipv6 {
+				check, want = checkDirectRoutes6, directRoutesFor6(n, nodes...)
+			}
+			if err := lab.Poll(convergeTimeout, func() error { return check(n.Netns, want) }); err != nil {
+				t.Errorf("%s: %v", n.Name, err)
+			}
+		}
+		for _, fam := range fams {
+			show := lab.ShowRoutes
+			if fam.ipv6 {
+				show = lab.ShowRoutes6
+			}
+			routes, err := show(n.Netns)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range routes {
+				if r.Protocol == ownedProto && r.Dev != "eth0" {
+					t.Errorf("%s: unexpected route %s", n.Name, r)
+				}
+			}
+		}
+	}
+}
+
+// addPods adds a pod p1 on every node and a second one, p2, on the first.
+func addPods(t *testing.T, l *lab.Lab, nodes []*lab.Node) []*lab.Pod {
+	t.Helper()
+	pods := []*lab.Pod{l.AddPod(t, nodes[0], "p1"), l.AddPod(t, nodes[0], "p2")}
+	for _, n := range nodes[1:] {
+		pods = append(pods, l.AddPod(t, n, "p1"))
+	}
+	return pods
+}
+
+// checkPodMTU checks that eth0 of every pod has MTU mtu.
+func checkPodMTU(t *testing.T, pods []*lab.Pod, mtu int) {
+	t.Helper()
+	for _, p := range pods {
+		if link, err := lab.ShowLink(p.Netns, "eth0"); err != nil || link.MTU != mtu {
+			t.Errorf("pod %s/%s eth0 MTU %d (%v), want %d", p.Node.Name, p.Name, link.MTU, err, mtu)
+		}
 	}
 }

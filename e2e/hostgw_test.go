@@ -25,24 +25,9 @@ func TestHostGWCluster(t *testing.T) {
 	}
 	startAll(t, l, nodes)
 
-	t.Run("subnet.env", func(t *testing.T) {
-		for i, n := range nodes {
-			if got, want := n.WaitSubnetEnv(t, convergeTimeout), subnetEnvWithMTU(i+1, 1500); got != want {
-				t.Errorf("%s: subnet.env:\n%s\nwant:\n%s", n.Name, got, want)
-			}
-		}
-	})
+	t.Run("subnet.env", func(t *testing.T) { checkSubnetEnvs(t, nodes, subnetEnvWithMTU, 1500) })
 
-	t.Run("node annotations", func(t *testing.T) {
-		for i, n := range nodes {
-			err := lab.Poll(convergeTimeout, func() error {
-				return checkFlannelNode(l.GetNode(t, n), "host-gw", "null", underlayIP(i+1))
-			})
-			if err != nil {
-				t.Errorf("Node %s: %v", n.Name, err)
-			}
-		}
-	})
+	t.Run("node annotations", func(t *testing.T) { checkBackendAnnotations(t, l, nodes, "host-gw", nullBackendData) })
 
 	t.Run("no device", func(t *testing.T) {
 		for _, n := range nodes {
@@ -52,47 +37,14 @@ func TestHostGWCluster(t *testing.T) {
 		}
 	})
 
-	t.Run("peer routes", func(t *testing.T) {
-		for _, n := range nodes {
-			want := directRoutesFor(n, nodes...)
-			if err := lab.Poll(convergeTimeout, func() error { return checkDirectRoutes(n.Netns, want) }); err != nil {
-				t.Errorf("%s: %v", n.Name, err)
-			}
-			// Every route flanneld owns is one of those: nothing on other devices.
-			routes, err := lab.ShowRoutes(n.Netns)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, r := range routes {
-				if r.Protocol == ownedProto && r.Dev != "eth0" {
-					t.Errorf("%s: unexpected route %s", n.Name, r)
-				}
-			}
-		}
-	})
+	t.Run("peer routes", func(t *testing.T) { checkHostGWRoutes(t, nodes, familyIPv4) })
 
-	t.Run("iptables", func(t *testing.T) {
-		for i, n := range nodes {
-			err := lab.Poll(convergeTimeout, func() error { return checkNodeRules(n.Netns, podCIDR(i+1)) })
-			if err != nil {
-				t.Errorf("%s: %v", n.Name, err)
-			}
-		}
-	})
+	t.Run("iptables", func(t *testing.T) { checkFirewallRules(t, nodes, familyIPv4) })
 
 	var pods []*lab.Pod
 	t.Run("ping between pods", func(t *testing.T) {
-		pods = []*lab.Pod{
-			l.AddPod(t, nodes[0], "p1"),
-			l.AddPod(t, nodes[0], "p2"),
-			l.AddPod(t, nodes[1], "p1"),
-			l.AddPod(t, nodes[2], "p1"),
-		}
-		for _, p := range pods {
-			if link, err := lab.ShowLink(p.Netns, "eth0"); err != nil || link.MTU != 1500 {
-				t.Errorf("pod %s/%s eth0 MTU %d (%v), want 1500", p.Node.Name, p.Name, link.MTU, err)
-			}
-		}
+		pods = addPods(t, l, nodes)
+		checkPodMTU(t, pods, 1500)
 		pingAll(t, pods)
 	})
 

@@ -80,16 +80,6 @@ func checkVXLANPeers(fam podFamily, nodes []*lab.Node, macs map[*lab.Node]string
 	return compareSets("proto "+ownedProto+" routes on "+fam.device, got, want)
 }
 
-// addPods adds a pod p1 on every node and a second one, p2, on the first.
-func addPods(t *testing.T, l *lab.Lab, nodes []*lab.Node) []*lab.Pod {
-	t.Helper()
-	pods := []*lab.Pod{l.AddPod(t, nodes[0], "p1"), l.AddPod(t, nodes[0], "p2")}
-	for _, n := range nodes[1:] {
-		pods = append(pods, l.AddPod(t, n, "p1"))
-	}
-	return pods
-}
-
 // checkPodAddrs checks that the pods have an IPv4 address in their node's
 // IPv4 podCIDR when ipv4, an IPv6 address in the IPv6 one, and eth0 MTU mtu.
 func checkPodAddrs(t *testing.T, pods []*lab.Pod, ipv4 bool, mtu int) {
@@ -106,10 +96,41 @@ func checkPodAddrs(t *testing.T, pods []*lab.Pod, ipv4 bool, mtu int) {
 		} else if addrs, err := lab.ShowAddrs(p.Netns, "eth0"); err != nil || len(addrs) > 0 {
 			t.Errorf("pod %s/%s of an IPv6-only node has IPv4 addresses %v (%v)", p.Node.Name, p.Name, addrs, err)
 		}
-		if link, err := lab.ShowLink(p.Netns, "eth0"); err != nil || link.MTU != mtu {
-			t.Errorf("pod %s/%s eth0 MTU %d (%v), want %d", p.Node.Name, p.Name, link.MTU, err, mtu)
+	}
+	checkPodMTU(t, pods, mtu)
+}
+
+// checkDualStackPeers polls every node of a dual-stack vxlan cluster for
+// its entries for its peers in both families (checkVXLANPeers), the
+// devices' MACs being macs4 and macs6; when, if not empty, tells in the
+// errors when this is.
+func checkDualStackPeers(t *testing.T, nodes []*lab.Node, macs4, macs6 map[*lab.Node]string, when string) {
+	t.Helper()
+	if when != "" {
+		when = " " + when
+	}
+	for i, n := range nodes {
+		for _, c := range []struct {
+			fam  podFamily
+			macs map[*lab.Node]string
+		}{{familyIPv4, macs4}, {familyIPv6, macs6}} {
+			if err := lab.Poll(convergeTimeout, func() error { return checkVXLANPeers(c.fam, nodes, c.macs, i) }); err != nil {
+				t.Errorf("%s, %s%s: %v", n.Name, c.fam.name, when, err)
+			}
 		}
 	}
+}
+
+// addDualStackPods adds pods on nodes (addPods), checks their addresses
+// and eth0 MTU mtu (checkPodAddrs) and pings between them over IPv4 and
+// IPv6.
+func addDualStackPods(t *testing.T, l *lab.Lab, nodes []*lab.Node, mtu int) []*lab.Pod {
+	t.Helper()
+	pods := addPods(t, l, nodes)
+	checkPodAddrs(t, pods, true, mtu)
+	pingAll(t, pods)
+	pingAll6(t, pods)
+	return pods
 }
 
 // TestDualStackVXLAN runs the vxlan backend dual stack on three nodes:
@@ -122,31 +143,18 @@ func TestDualStackVXLAN(t *testing.T) {
 	l, nodes := newIPv6Cluster(t, dualStackVXLANNetConf, 3, true)
 	startAll(t, l, nodes)
 
-	t.Run("subnet.env", func(t *testing.T) {
-		for i, n := range nodes {
-			if got, want := n.WaitSubnetEnv(t, convergeTimeout), subnetEnvDualStack(i+1, 1430); got != want {
-				t.Errorf("%s: subnet.env:\n%s\nwant:\n%s", n.Name, got, want)
-			}
-		}
-	})
+	t.Run("subnet.env", func(t *testing.T) { checkSubnetEnvs(t, nodes, subnetEnvDualStack, 1430) })
 
 	macs4 := vtepMACsOf(t, nodes, vxlanDevice)
 	macs6 := vtepMACsOf(t, nodes, vxlanDevice6)
 
 	t.Run("node annotations", func(t *testing.T) {
-		for i, n := range nodes {
-			want := map[string]string{
-				"kube-subnet-manager": "true",
-				"backend-type":        "vxlan",
-				"backend-data":        fmt.Sprintf(`{"VNI":1,"VtepMAC":"%s"}`, macs4[n]),
-				"public-ip":           underlayIP(i + 1),
-				"backend-v6-data":     fmt.Sprintf(`{"VNI":1,"VtepMAC":"%s"}`, macs6[n]),
-				"public-ipv6":         n.IPv6.String(),
-			}
-			if err := lab.Poll(convergeTimeout, func() error { return checkFlannelNodeWith(l.GetNode(t, n), want) }); err != nil {
-				t.Errorf("Node %s: %v", n.Name, err)
-			}
-		}
+		checkNodeAnnotations(t, l, nodes, func(i int, n *lab.Node) map[string]string {
+			want := wantAnnotations("vxlan", vxlanBackendData(macs4[n]), underlayIP(i+1))
+			want["backend-v6-data"] = vxlanBackendData(macs6[n])
+			want["public-ipv6"] = n.IPv6.String()
+			return want
+		})
 	})
 
 	t.Run("vxlan devices", func(t *testing.T) {
@@ -160,36 +168,13 @@ func TestDualStackVXLAN(t *testing.T) {
 	})
 
 	t.Run("peer routes neighbours fdb", func(t *testing.T) {
-		for i, n := range nodes {
-			for _, c := range []struct {
-				fam  podFamily
-				macs map[*lab.Node]string
-			}{{familyIPv4, macs4}, {familyIPv6, macs6}} {
-				if err := lab.Poll(convergeTimeout, func() error { return checkVXLANPeers(c.fam, nodes, c.macs, i) }); err != nil {
-					t.Errorf("%s, %s: %v", n.Name, c.fam.name, err)
-				}
-			}
-		}
+		checkDualStackPeers(t, nodes, macs4, macs6, "")
 	})
 
-	t.Run("firewall", func(t *testing.T) {
-		for i, n := range nodes {
-			if err := lab.Poll(convergeTimeout, func() error { return checkNodeRules(n.Netns, podCIDR(i+1)) }); err != nil {
-				t.Errorf("%s, iptables: %v", n.Name, err)
-			}
-			if err := lab.Poll(convergeTimeout, func() error { return checkNodeRules6(n.Netns, podCIDR6(i+1)) }); err != nil {
-				t.Errorf("%s, ip6tables: %v", n.Name, err)
-			}
-		}
-	})
+	t.Run("firewall", func(t *testing.T) { checkFirewallRules(t, nodes, familyIPv4, familyIPv6) })
 
 	var pods []*lab.Pod
-	t.Run("ping between pods", func(t *testing.T) {
-		pods = addPods(t, l, nodes)
-		checkPodAddrs(t, pods, true, 1430)
-		pingAll(t, pods)
-		pingAll6(t, pods)
-	})
+	t.Run("ping between pods", func(t *testing.T) { pods = addDualStackPods(t, l, nodes, 1430) })
 
 	// n3's IPv6 address changes (a second address on its eth0, advertised
 	// in its public-ipv6 annotation): the other nodes move its IPv6 FDB
@@ -276,16 +261,7 @@ func TestDualStackVXLAN(t *testing.T) {
 				t.Errorf("%s: %v", n1.Name, err)
 			}
 		}
-		for i, n := range nodes {
-			for _, c := range []struct {
-				fam  podFamily
-				macs map[*lab.Node]string
-			}{{familyIPv4, macs4}, {familyIPv6, macs6}} {
-				if err := lab.Poll(convergeTimeout, func() error { return checkVXLANPeers(c.fam, nodes, c.macs, i) }); err != nil {
-					t.Errorf("%s, %s after n1's restart: %v", n.Name, c.fam.name, err)
-				}
-			}
-		}
+		checkDualStackPeers(t, nodes, macs4, macs6, "after n1's restart")
 		if len(pods) > 0 {
 			pingAll6(t, []*lab.Pod{pods[0], podOn(pods, nodes[1])})
 		}
@@ -356,16 +332,7 @@ func TestDualStackEnableIPv6(t *testing.T) {
 		n3.Flanneld().Stop()
 		startAll(t, l, nodes[2:])
 		macs6[n3] = vtepMACOf(t, n3, vxlanDevice6)
-		for i, n := range nodes {
-			for _, c := range []struct {
-				fam  podFamily
-				macs map[*lab.Node]string
-			}{{familyIPv4, macs4}, {familyIPv6, macs6}} {
-				if err := lab.Poll(convergeTimeout, func() error { return checkVXLANPeers(c.fam, nodes, c.macs, i) }); err != nil {
-					t.Errorf("%s, %s: %v", n.Name, c.fam.name, err)
-				}
-			}
-		}
+		checkDualStackPeers(t, nodes, macs4, macs6, "")
 		p2 := l.AddPod(t, n3, "p2")
 		checkPodAddrs(t, []*lab.Pod{p2}, true, 1430)
 		pingAll(t, append(pods, p2))
@@ -380,28 +347,15 @@ func TestDualStackHostGW(t *testing.T) {
 	l, nodes := newIPv6Cluster(t, dualStackHostGWNetConf, 3, true)
 	startAll(t, l, nodes)
 
-	t.Run("subnet.env", func(t *testing.T) {
-		for i, n := range nodes {
-			if got, want := n.WaitSubnetEnv(t, convergeTimeout), subnetEnvDualStack(i+1, 1500); got != want {
-				t.Errorf("%s: subnet.env:\n%s\nwant:\n%s", n.Name, got, want)
-			}
-		}
-	})
+	t.Run("subnet.env", func(t *testing.T) { checkSubnetEnvs(t, nodes, subnetEnvDualStack, 1500) })
 
 	t.Run("node annotations", func(t *testing.T) {
-		for i, n := range nodes {
-			want := map[string]string{
-				"kube-subnet-manager": "true",
-				"backend-type":        "host-gw",
-				"backend-data":        "null",
-				"public-ip":           underlayIP(i + 1),
-				"backend-v6-data":     "null",
-				"public-ipv6":         n.IPv6.String(),
-			}
-			if err := lab.Poll(convergeTimeout, func() error { return checkFlannelNodeWith(l.GetNode(t, n), want) }); err != nil {
-				t.Errorf("Node %s: %v", n.Name, err)
-			}
-		}
+		checkNodeAnnotations(t, l, nodes, func(i int, n *lab.Node) map[string]string {
+			want := wantAnnotations("host-gw", "null", underlayIP(i+1))
+			want["backend-v6-data"] = "null"
+			want["public-ipv6"] = n.IPv6.String()
+			return want
+		})
 	})
 
 	t.Run("no device", func(t *testing.T) {
@@ -415,47 +369,12 @@ func TestDualStackHostGW(t *testing.T) {
 		}
 	})
 
-	t.Run("peer routes", func(t *testing.T) {
-		for _, n := range nodes {
-			if err := lab.Poll(convergeTimeout, func() error { return checkDirectRoutes(n.Netns, directRoutesFor(n, nodes...)) }); err != nil {
-				t.Errorf("%s: %v", n.Name, err)
-			}
-			if err := lab.Poll(convergeTimeout, func() error { return checkDirectRoutes6(n.Netns, directRoutesFor6(n, nodes...)) }); err != nil {
-				t.Errorf("%s: %v", n.Name, err)
-			}
-			// Nothing of flanneld's on other devices.
-			for _, show := range []func(string) ([]lab.Route, error){lab.ShowRoutes, lab.ShowRoutes6} {
-				routes, err := show(n.Netns)
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, r := range routes {
-					if r.Protocol == ownedProto && r.Dev != "eth0" {
-						t.Errorf("%s: unexpected route %s", n.Name, r)
-					}
-				}
-			}
-		}
-	})
+	t.Run("peer routes", func(t *testing.T) { checkHostGWRoutes(t, nodes, familyIPv4, familyIPv6) })
 
-	t.Run("firewall", func(t *testing.T) {
-		for i, n := range nodes {
-			if err := lab.Poll(convergeTimeout, func() error { return checkNodeRules(n.Netns, podCIDR(i+1)) }); err != nil {
-				t.Errorf("%s, iptables: %v", n.Name, err)
-			}
-			if err := lab.Poll(convergeTimeout, func() error { return checkNodeRules6(n.Netns, podCIDR6(i+1)) }); err != nil {
-				t.Errorf("%s, ip6tables: %v", n.Name, err)
-			}
-		}
-	})
+	t.Run("firewall", func(t *testing.T) { checkFirewallRules(t, nodes, familyIPv4, familyIPv6) })
 
 	var pods []*lab.Pod
-	t.Run("ping between pods", func(t *testing.T) {
-		pods = addPods(t, l, nodes)
-		checkPodAddrs(t, pods, true, 1500)
-		pingAll(t, pods)
-		pingAll6(t, pods)
-	})
+	t.Run("ping between pods", func(t *testing.T) { pods = addDualStackPods(t, l, nodes, 1500) })
 
 	t.Run("repair", func(t *testing.T) {
 		n1 := nodes[0]
@@ -522,29 +441,20 @@ func TestIPv6OnlyVXLAN(t *testing.T) {
 		n.WaitReady(t, readyTimeout)
 	}
 
-	t.Run("subnet.env", func(t *testing.T) {
-		for i, n := range nodes {
-			if got, want := n.WaitSubnetEnv(t, convergeTimeout), subnetEnvIPv6Only(i+1, 1430); got != want {
-				t.Errorf("%s: subnet.env:\n%s\nwant:\n%s", n.Name, got, want)
-			}
-		}
-	})
+	t.Run("subnet.env", func(t *testing.T) { checkSubnetEnvs(t, nodes, subnetEnvIPv6Only, 1430) })
 
 	macs := vtepMACsOf(t, nodes, vxlanDevice6)
 
 	t.Run("node annotations", func(t *testing.T) {
-		for _, n := range nodes {
-			want := map[string]string{
+		checkNodeAnnotations(t, l, nodes, func(_ int, n *lab.Node) map[string]string {
+			return map[string]string{
 				"kube-subnet-manager": "true",
 				"backend-type":        "vxlan",
-				"backend-v6-data":     fmt.Sprintf(`{"VNI":1,"VtepMAC":"%s"}`, macs[n]),
+				"backend-v6-data":     vxlanBackendData(macs[n]),
 				"public-ipv6":         n.IPv6.String(),
 				"public-ip":           "", // none
 			}
-			if err := lab.Poll(convergeTimeout, func() error { return checkFlannelNodeWith(l.GetNode(t, n), want) }); err != nil {
-				t.Errorf("Node %s: %v", n.Name, err)
-			}
-		}
+		})
 	})
 
 	t.Run("vxlan device", func(t *testing.T) {
@@ -567,10 +477,8 @@ func TestIPv6OnlyVXLAN(t *testing.T) {
 	})
 
 	t.Run("firewall", func(t *testing.T) {
-		for i, n := range nodes {
-			if err := lab.Poll(convergeTimeout, func() error { return checkNodeRules6(n.Netns, podCIDR6(i+1)) }); err != nil {
-				t.Errorf("%s, ip6tables: %v", n.Name, err)
-			}
+		checkFirewallRules(t, nodes, familyIPv6)
+		for _, n := range nodes {
 			if out, err := lab.Exec(n.Netns, "iptables-save"); err != nil || strings.Contains(out, "FLANNEL") {
 				t.Errorf("%s: IPv4 rules of an IPv6-only node (%v):\n%s", n.Name, err, out)
 			}

@@ -48,24 +48,9 @@ func TestUDPCluster(t *testing.T) {
 	}
 	startAll(t, l, nodes)
 
-	t.Run("subnet.env", func(t *testing.T) {
-		for i, n := range nodes {
-			if got, want := n.WaitSubnetEnv(t, convergeTimeout), subnetEnvWithMTU(i+1, udpMTU); got != want {
-				t.Errorf("%s: subnet.env:\n%s\nwant:\n%s", n.Name, got, want)
-			}
-		}
-	})
+	t.Run("subnet.env", func(t *testing.T) { checkSubnetEnvs(t, nodes, subnetEnvWithMTU, udpMTU) })
 
-	t.Run("node annotations", func(t *testing.T) {
-		for i, n := range nodes {
-			err := lab.Poll(convergeTimeout, func() error {
-				return checkFlannelNode(l.GetNode(t, n), "udp", "null", underlayIP(i+1))
-			})
-			if err != nil {
-				t.Errorf("Node %s: %v", n.Name, err)
-			}
-		}
-	})
+	t.Run("node annotations", func(t *testing.T) { checkBackendAnnotations(t, l, nodes, "udp", nullBackendData) })
 
 	t.Run("tun device and route", func(t *testing.T) {
 		for i, n := range nodes {
@@ -80,17 +65,8 @@ func TestUDPCluster(t *testing.T) {
 
 	var pods []*lab.Pod
 	t.Run("ping between pods", func(t *testing.T) {
-		pods = []*lab.Pod{
-			l.AddPod(t, nodes[0], "p1"),
-			l.AddPod(t, nodes[0], "p2"),
-			l.AddPod(t, nodes[1], "p1"),
-			l.AddPod(t, nodes[2], "p1"),
-		}
-		for _, p := range pods {
-			if link, err := lab.ShowLink(p.Netns, "eth0"); err != nil || link.MTU != udpMTU {
-				t.Errorf("pod %s/%s eth0 MTU %d (%v), want %d", p.Node.Name, p.Name, link.MTU, err, udpMTU)
-			}
-		}
+		pods = addPods(t, l, nodes)
+		checkPodMTU(t, pods, udpMTU)
 		pingAll(t, pods)
 	})
 	if len(pods) < 4 {

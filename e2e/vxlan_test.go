@@ -43,25 +43,10 @@ func TestVXLANCluster(t *testing.T) {
 		}
 	}
 
-	t.Run("subnet.env", func(t *testing.T) {
-		for i, n := range nodes {
-			got := n.WaitSubnetEnv(t, convergeTimeout)
-			if want := expectedSubnetEnv(i + 1); got != want {
-				t.Errorf("%s: subnet.env:\n%s\nwant:\n%s", n.Name, got, want)
-			}
-		}
-	})
+	t.Run("subnet.env", func(t *testing.T) { checkSubnetEnvs(t, nodes, subnetEnvWithMTU, 1450) })
 
 	t.Run("node annotations", func(t *testing.T) {
-		for i, n := range nodes {
-			mac := vtepMAC(t, n)
-			err := lab.Poll(convergeTimeout, func() error {
-				return checkNodeObjectUp(l.GetNode(t, n), mac, underlayIP(i+1))
-			})
-			if err != nil {
-				t.Errorf("Node %s: %v", n.Name, err)
-			}
-		}
+		checkBackendAnnotations(t, l, nodes, "vxlan", func(n *lab.Node) string { return vxlanBackendData(vtepMAC(t, n)) })
 	})
 
 	t.Run("vxlan device", func(t *testing.T) {
@@ -82,23 +67,11 @@ func TestVXLANCluster(t *testing.T) {
 		}
 	})
 
-	t.Run("iptables", func(t *testing.T) {
-		for i, n := range nodes {
-			err := lab.Poll(convergeTimeout, func() error { return checkNodeRules(n.Netns, podCIDR(i+1)) })
-			if err != nil {
-				t.Errorf("%s: %v", n.Name, err)
-			}
-		}
-	})
+	t.Run("iptables", func(t *testing.T) { checkFirewallRules(t, nodes, familyIPv4) })
 
 	var pods []*lab.Pod
 	t.Run("ping between pods", func(t *testing.T) {
-		pods = []*lab.Pod{
-			l.AddPod(t, nodes[0], "p1"),
-			l.AddPod(t, nodes[0], "p2"),
-			l.AddPod(t, nodes[1], "p1"),
-			l.AddPod(t, nodes[2], "p1"),
-		}
+		pods = addPods(t, l, nodes)
 		pingAll(t, pods)
 	})
 
@@ -197,7 +170,7 @@ func vtepMACsOf(t *testing.T, nodes []*lab.Node, dev string) map[*lab.Node]strin
 
 // checkNodeObjectUp checks REFERENCE section 3 on a vxlan node's Node object.
 func checkNodeObjectUp(node *corev1.Node, mac, publicIP string) error {
-	return checkFlannelNode(node, "vxlan", fmt.Sprintf(`{"VNI":1,"VtepMAC":"%s"}`, mac), publicIP)
+	return checkFlannelNode(node, "vxlan", vxlanBackendData(mac), publicIP)
 }
 
 // checkVXLANDevice checks REFERENCE section 4 for flannel.1 of node i.
