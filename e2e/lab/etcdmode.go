@@ -39,11 +39,15 @@ const EtcdPrefix = "/coreos.com/network"
 
 // NewBare builds a lab without a control plane: the underlay only, for
 // bare hosts (AddBareNode) running flanneld in etcd mode (StartEtcd). It
-// needs root; see RequireRoot.
-func NewBare(t testing.TB) *Lab {
+// needs root; see RequireRoot. WithIPv6 gives the underlay and the hosts
+// IPv6 too (etcd itself stays at EtcdIP).
+func NewBare(t testing.TB, opts ...Option) *Lab {
 	t.Helper()
 	RequireRoot(t)
 	l := &Lab{t: t, runID: newRunID(), dir: t.TempDir()}
+	for _, o := range opts {
+		o(l)
+	}
 	l.logDir = filepath.Join(l.dir, "logs")
 	if err := os.MkdirAll(l.logDir, 0o755); err != nil {
 		t.Fatal(err)

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"time"
 
@@ -34,24 +33,11 @@ type leaseSource struct {
 	close        func()
 }
 
-// CheckSupported rejects configurations this build does not implement yet,
-// before anything on the node changes (shared with `flanneld diagnose`):
-// etcd mode allocates IPv4 subnets only.
-func CheckSupported(cfg *subnet.Config, kubeMode bool) error {
-	if !kubeMode && (!cfg.EnableIPv4 || cfg.EnableIPv6) {
-		return fmt.Errorf("etcd mode supports IPv4 networks only in this build: set EnableIPv4 and leave EnableIPv6 off, or use --kube-subnet-mgr for IPv6")
-	}
-	return nil
-}
-
 // openKube is the Kubernetes lease source: net-conf.json from a file, the
 // lease from this node's podCIDR.
 func openKube(ctx context.Context, o Options, m *metrics.Metrics) (*leaseSource, error) {
 	cfg, err := subnet.ReadConfigFile(o.NetConfigPath)
 	if err != nil {
-		return nil, err
-	}
-	if err := CheckSupported(cfg, true); err != nil {
 		return nil, err
 	}
 	client, err := kube.NewClient(o.KubeconfigFile, o.KubeAPIURL, "flanneld/"+o.Version)
@@ -107,6 +93,7 @@ func openEtcd(ctx context.Context, o Options, m *metrics.Metrics) (*leaseSource,
 		event:    func(bool, string, string) {},
 		withExternal: func(ext *ip.ExternalInterface) {
 			src.SetPublicIP(ext.ExtAddr)
+			src.SetPublicIPv6(ext.ExtV6Addr)
 		},
 	}
 	var err error
@@ -117,10 +104,6 @@ func openEtcd(ctx context.Context, o Options, m *metrics.Metrics) (*leaseSource,
 	klog.InfoS("Reading the network configuration from etcd", "endpoints", o.EtcdEndpoints, "prefix", o.EtcdPrefix)
 	ls.configOrigin = "etcd key " + strings.TrimSuffix(o.EtcdPrefix, "/") + "/config"
 	if ls.config, err = src.NetworkConfig(ctx); err != nil {
-		src.Close()
-		return nil, err
-	}
-	if err := CheckSupported(ls.config, false); err != nil {
 		src.Close()
 		return nil, err
 	}

@@ -89,9 +89,6 @@ func Collect(ctx context.Context, o daemon.Options, probe bool) (Inputs, func(),
 	if err != nil {
 		return Inputs{}, noop, err
 	}
-	if err := daemon.CheckSupported(cfg, o.KubeSubnetMgr); err != nil {
-		return Inputs{}, noop, err
-	}
 
 	h, err := netlink.NewHandle()
 	if err != nil {
@@ -180,14 +177,19 @@ func collectKubeLeases(ctx context.Context, o daemon.Options, local subnet.Lease
 // its public IP.
 func collectEtcdLeases(ctx context.Context, src *etcd.Source, ext *ip.ExternalInterface, local subnet.LeaseAttrs, in *Inputs) error {
 	src.SetPublicIP(ext.ExtAddr)
+	src.SetPublicIPv6(ext.ExtV6Addr)
+	host := ext.ExtAddr
+	if !host.IsValid() {
+		host = ext.ExtV6Addr // IPv6-only
+	}
 	snap, err := src.ListLeases(ctx)
 	if err != nil {
 		return err
 	}
 	if snap.Own == nil {
-		return fmt.Errorf("no lease in etcd has this host's public IP %s (is flanneld running, with the same --iface/--public-ip?)", ext.ExtAddr)
+		return fmt.Errorf("no lease in etcd has this host's public IP %s (is flanneld running, with the same --iface/--public-ip/--public-ipv6?)", host)
 	}
-	in.Node = "host " + ext.ExtAddr.String()
+	in.Node = "host " + host.String()
 	in.Own, in.Peers, in.Skipped, in.Local = *snap.Own, snap.Peers, snap.Skipped, local
 	return nil
 }

@@ -37,11 +37,13 @@ type Config struct {
 	RenewMargin time.Duration
 	// TTL is the lease's time to live (DefaultTTL when zero).
 	TTL time.Duration
-	// SubnetFile is the previous subnet.env: its subnet is taken back when
-	// still free.
+	// SubnetFile is the previous subnet.env: its subnets (FLANNEL_SUBNET,
+	// FLANNEL_IPV6_SUBNET) are taken back when still free.
 	SubnetFile string
-	// PublicIP finds this host's existing lease.
-	PublicIP netip.Addr
+	// PublicIP finds this host's existing lease; PublicIPv6 finds it when
+	// the host or the lease has no IPv4 public IP (IPv6-only).
+	PublicIP   netip.Addr
+	PublicIPv6 netip.Addr
 	// OnExpiry, if set, is told the lease's expiry time whenever it changes.
 	OnExpiry func(time.Time)
 	// OnWatchEvent, if set, is called for every lease event ("add",
@@ -149,6 +151,14 @@ func (s *Source) connect(ctx context.Context) error {
 // must be called before PreviousAttrs and AcquireLease.
 func (s *Source) SetPublicIP(a netip.Addr) { s.cfg.PublicIP = a }
 
+// SetPublicIPv6 sets the IPv6 address this host's existing lease is found
+// by when it has no IPv4 public IP (IPv6-only); like SetPublicIP, it must be
+// called before PreviousAttrs. AcquireLease uses the public IPs of its
+// attributes.
+func (s *Source) SetPublicIPv6(a netip.Addr) { s.cfg.PublicIPv6 = a }
+
+func (s *Source) host() hostIPs { return hostIPs{v4: s.cfg.PublicIP, v6: s.cfg.PublicIPv6} }
+
 // Close closes the etcd client.
 func (s *Source) Close() error {
 	s.mu.Lock()
@@ -240,14 +250,14 @@ func (s *Source) NetworkConfig(ctx context.Context) (*subnet.Config, error) {
 }
 
 // PreviousAttrs implements subnet.Source: the attributes of the lease that
-// has this host's public IP.
+// has this host's public IP (or public IPv6 address, see hostIPs).
 func (s *Source) PreviousAttrs(ctx context.Context) (*subnet.LeaseAttrs, error) {
 	all, _, err := s.listAll(ctx)
 	if err != nil {
 		return nil, err
 	}
 	for _, e := range all {
-		if s.cfg.PublicIP.IsValid() && e.lease.Attrs.PublicIP == s.cfg.PublicIP {
+		if s.host().owns(e.lease.Attrs) {
 			a := e.lease.Attrs
 			return &a, nil
 		}
@@ -287,11 +297,11 @@ func (s *Source) AcquireLease(ctx context.Context, attrs subnet.LeaseAttrs) (sub
 	if s.net == nil {
 		return subnet.Lease{}, errors.New("etcd source: NetworkConfig must be read first")
 	}
-	var previous netip.Prefix
+	var previous, previous6 netip.Prefix
 	if env, err := subnet.ReadEnvFile(s.cfg.SubnetFile); err == nil {
-		previous = env.Subnet.Masked()
+		previous, previous6 = env.Subnet.Masked(), env.IPv6Subnet.Masked()
 	}
-	l, err := s.acquire(ctx, attrs, previous)
+	l, err := s.acquire(ctx, attrs, previous, previous6)
 	if err != nil {
 		return l, err
 	}
@@ -299,9 +309,10 @@ func (s *Source) AcquireLease(ctx context.Context, attrs subnet.LeaseAttrs) (sub
 	return l, nil
 }
 
-// acquire writes this host's lease key in a transaction, so that two hosts
-// can never hold the same subnet.
-func (s *Source) acquire(ctx context.Context, attrs subnet.LeaseAttrs, previous netip.Prefix) (subnet.Lease, error) {
+// acquire writes this host's lease key (one key naming the subnets of every
+// enabled family) in a transaction, so that two hosts can never hold the
+// same subnet.
+func (s *Source) acquire(ctx context.Context, attrs subnet.LeaseAttrs, previous, previous6 netip.Prefix) (subnet.Lease, error) {
 	value, err := marshalValue(attrs)
 	if err != nil {
 		return subnet.Lease{}, err
@@ -311,11 +322,11 @@ func (s *Source) acquire(ctx context.Context, attrs subnet.LeaseAttrs, previous 
 		if err != nil {
 			return subnet.Lease{}, err
 		}
-		ch, err := chooseSubnet(s.net, all, attrs.PublicIP, previous, s.rng)
+		ch, err := chooseSubnet(s.net, all, hostIPs{v4: attrs.PublicIP, v6: attrs.PublicIPv6}, previous, previous6, s.rng)
 		if err != nil {
-			return subnet.Lease{}, fmt.Errorf("%s in %s: %w", s.net.Network, s.cfg.Prefix, err)
+			return subnet.Lease{}, fmt.Errorf("%s: %w", s.cfg.Prefix, err)
 		}
-		name := keyName(ch.subnet, netip.Prefix{})
+		name := keyName(ch.subnet, ch.ipv6Subnet)
 		key := s.subnetsKey() + name
 		var cond clientv3.Cmp
 		if ch.reuse != nil {
@@ -352,7 +363,8 @@ func (s *Source) acquire(ctx context.Context, attrs subnet.LeaseAttrs, previous 
 		for _, e := range ch.stale {
 			staleKey := s.subnetsKey() + e.lease.Name
 			klog.InfoS("Deleting this host's lease that does not fit the network configuration",
-				"key", staleKey, "network", s.net.Network, "subnetLen", s.net.SubnetLen)
+				"key", staleKey, "network", validPrefix(s.net.Network), "subnetLen", s.net.SubnetLen,
+				"ipv6Network", validPrefix(s.net.IPv6Network), "ipv6SubnetLen", s.net.IPv6SubnetLen)
 			conds = append(conds, clientv3.Compare(clientv3.ModRevision(staleKey), "=", revs[e.lease.Name]))
 			ops = append(ops, clientv3.OpDelete(staleKey))
 		}
@@ -371,10 +383,10 @@ func (s *Source) acquire(ctx context.Context, attrs subnet.LeaseAttrs, previous 
 			if id != 0 {
 				_, _ = s.cli.Revoke(ctx, id)
 			}
-			klog.InfoS("Lease raced with another host; choosing again", "subnet", ch.subnet, "attempt", attempt)
+			klog.InfoS("Lease raced with another host; choosing again", "key", name, "attempt", attempt)
 			continue
 		}
-		l := subnet.Lease{Name: name, Subnet: ch.subnet, Attrs: attrs}
+		l := subnet.Lease{Name: name, Subnet: ch.subnet, IPv6Subnet: ch.ipv6Subnet, Attrs: attrs}
 		s.mu.Lock()
 		s.own, s.ownKey, s.leaseID = l, key, id
 		if s.peers != nil {
@@ -387,10 +399,11 @@ func (s *Source) acquire(ctx context.Context, attrs subnet.LeaseAttrs, previous 
 			how = "reservation"
 		case ch.reuse != nil:
 			how = "renewed"
-		case ch.subnet == previous:
+		case (ch.subnet.IsValid() || ch.ipv6Subnet.IsValid()) &&
+			(!ch.subnet.IsValid() || ch.subnet == previous) && (!ch.ipv6Subnet.IsValid() || ch.ipv6Subnet == previous6):
 			how = "previous subnet" // from the subnet file, or held before the key was lost
 		}
-		klog.InfoS("Acquired etcd lease", "key", key, "subnet", ch.subnet, "how", how, "ttl", s.cfg.TTL)
+		klog.InfoS("Acquired etcd lease", "key", key, "subnet", validPrefix(ch.subnet), "ipv6Subnet", validPrefix(ch.ipv6Subnet), "how", how, "ttl", s.cfg.TTL)
 		s.reportExpiry(id)
 		return l, nil
 	}
@@ -434,17 +447,17 @@ func (s *Source) keepLease(ctx context.Context) {
 			if err == nil {
 				expiry = time.Now().Add(s.cfg.TTL)
 				s.reportExpiry(id)
-				klog.InfoS("Renewed etcd lease", "subnet", own.Subnet, "expires", expiry)
+				klog.InfoS("Renewed etcd lease", "key", own.Name, "expires", expiry)
 				continue
 			}
 			if ctx.Err() != nil {
 				return
 			}
-			klog.InfoS("etcd lease expired; acquiring it again", "subnet", own.Subnet, "err", err)
+			klog.InfoS("etcd lease expired; acquiring it again", "key", own.Name, "err", err)
 		case <-s.lost:
-			klog.InfoS("This host's lease key was deleted; acquiring it again", "subnet", own.Subnet)
+			klog.InfoS("This host's lease key was deleted; acquiring it again", "key", own.Name)
 		}
-		l, err := s.acquire(ctx, own.Attrs, own.Subnet)
+		l, err := s.acquire(ctx, own.Attrs, own.Subnet, own.IPv6Subnet)
 		if err != nil {
 			if ctx.Err() == nil {
 				s.fail(fmt.Errorf("re-acquire lease: %w", err))
@@ -453,6 +466,10 @@ func (s *Source) keepLease(ctx context.Context) {
 		}
 		if l.Subnet != own.Subnet {
 			s.fail(fmt.Errorf("lost subnet %s to another host while the lease was gone (got %s); restarting", own.Subnet, l.Subnet))
+			return
+		}
+		if l.IPv6Subnet != own.IPv6Subnet {
+			s.fail(fmt.Errorf("lost subnet %s to another host while the lease was gone (got %s); restarting", own.IPv6Subnet, l.IPv6Subnet))
 			return
 		}
 		expiry = time.Now().Add(s.cfg.TTL)
@@ -468,3 +485,11 @@ func (s *Source) fail(err error) {
 
 // ReportReady implements subnet.Source: etcd has no node status.
 func (s *Source) ReportReady(context.Context) error { return nil }
+
+// validPrefix logs an unset prefix as empty.
+func validPrefix(p netip.Prefix) string {
+	if !p.IsValid() {
+		return ""
+	}
+	return p.String()
+}

@@ -15,7 +15,8 @@ import (
 // Snapshot is every lease in etcd, read once without writing anything
 // (for `flanneld diagnose`).
 type Snapshot struct {
-	// Own is the lease holding this host's public IP, nil if none.
+	// Own is the lease holding this host's public IP (or public IPv6
+	// address, for an IPv6-only host or lease), nil if none.
 	Own *subnet.Lease
 	// Peers are the other leases, sorted by name; Skipped the keys whose
 	// value cannot be read, with why.
@@ -24,7 +25,8 @@ type Snapshot struct {
 }
 
 // ListLeases reads all leases once. The network configuration must have
-// been read (NetworkConfig) and the public IP set (SetPublicIP).
+// been read (NetworkConfig) and the public IP set (SetPublicIP, and
+// SetPublicIPv6 for an IPv6-only host).
 func (s *Source) ListLeases(ctx context.Context) (Snapshot, error) {
 	snap := Snapshot{Skipped: map[string]error{}}
 	resp, err := s.cli.Get(ctx, s.subnetsKey(), clientv3.WithPrefix())
@@ -37,7 +39,7 @@ func (s *Source) ListLeases(ctx context.Context) (Snapshot, error) {
 		switch {
 		case err != nil:
 			snap.Skipped[name] = err
-		case s.cfg.PublicIP.IsValid() && l.Attrs.PublicIP == s.cfg.PublicIP && snap.Own == nil:
+		case s.host().owns(l.Attrs) && snap.Own == nil:
 			own := l
 			snap.Own = &own
 		default:
