@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"slices"
 	"strings"
 	"testing"
 
@@ -32,6 +31,8 @@ type dualHost struct {
 func (h dualHost) keyName() string {
 	return etcdKeyName(h.subnet) + "&" + etcdKeyName(h.subnet6)
 }
+
+func (h dualHost) nodeName() string { return h.node.Name }
 
 // leaseValue is the value upstream flannel writes for a dual-stack vxlan
 // host.
@@ -130,36 +131,6 @@ func waitDualPeerStates(t *testing.T, hosts []dualHost) {
 	}
 }
 
-// checkDualLeaseKeys checks that etcd holds exactly one dual-stack key per
-// host, with upstream's value and an etcd lease.
-func checkDualLeaseKeys(t *testing.T, e *lab.Etcd, hosts []dualHost) map[string]lab.EtcdKV {
-	t.Helper()
-	keys := e.LeaseKeys(t)
-	var want []string
-	for _, h := range hosts {
-		want = append(want, h.keyName())
-		kv, ok := keys[h.keyName()]
-		switch {
-		case !ok:
-			t.Errorf("%s: no lease key %s", h.node.Name, h.keyName())
-		case kv.Value != h.leaseValue():
-			t.Errorf("%s: key %s = %s, want %s", h.node.Name, kv.Key, kv.Value, h.leaseValue())
-		case kv.Lease == 0:
-			t.Errorf("%s: key %s has no etcd lease", h.node.Name, kv.Key)
-		}
-	}
-	var got []string
-	for name := range keys {
-		got = append(got, name)
-	}
-	slices.Sort(got)
-	slices.Sort(want)
-	if !slices.Equal(got, want) {
-		t.Errorf("lease keys in etcd: %v, want %v", got, want)
-	}
-	return keys
-}
-
 // addDualPods adds a pod on every host, checks its addresses are in its
 // host's subnets, and pings between them over IPv4 and IPv6.
 func addDualPods(t *testing.T, l *lab.Lab, hosts []dualHost, name string) []*lab.Pod {
@@ -208,7 +179,7 @@ func TestEtcdModeDualStack(t *testing.T) {
 		}
 	})
 
-	t.Run("lease keys", func(t *testing.T) { checkDualLeaseKeys(t, e, hosts) })
+	t.Run("lease keys", func(t *testing.T) { checkLeaseKeys(t, e, hosts) })
 
 	t.Run("vxlan devices", func(t *testing.T) {
 		for _, h := range hosts {
@@ -262,7 +233,7 @@ func TestEtcdModeDualStack(t *testing.T) {
 			if !strings.Contains(p.Log(), `how="renewed"`) {
 				t.Errorf("restarted flanneld did not log taking back its lease:\n%s", tailLinesOf(p.Log(), 30))
 			}
-			after := checkDualLeaseKeys(t, e, hosts)
+			after := checkLeaseKeys(t, e, hosts)
 			for name, kv := range before {
 				if after[name].Lease != kv.Lease {
 					t.Errorf("key %s: etcd lease %x before the restart, %x after", name, kv.Lease, after[name].Lease)
@@ -317,7 +288,7 @@ func TestEtcdModeEnableIPv6(t *testing.T) {
 			t.Errorf("%s: IPv4 subnet %s after enabling IPv6, want %s kept", h.node.Name, h.subnet, before[h.node])
 		}
 	}
-	checkDualLeaseKeys(t, e, hosts)
+	checkLeaseKeys(t, e, hosts)
 	waitDualPeerStates(t, hosts)
 	addDualPods(t, l, hosts, "p1")
 }

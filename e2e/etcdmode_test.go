@@ -91,14 +91,23 @@ func etcdPeerState(hosts []bareHost, self int) peerState {
 	return s
 }
 
-// upstreamLeaseValue is the lease value upstream flannel writes for h.
-func upstreamLeaseValue(h bareHost) string {
+// leaseValue is the lease value upstream flannel writes for h.
+func (h bareHost) leaseValue() string {
 	return fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"%s"}}`, h.node.IP, h.mac)
+}
+
+func (h bareHost) nodeName() string { return h.node.Name }
+
+// leaseHolder is a bare host as the lease key checks see it.
+type leaseHolder interface {
+	nodeName() string
+	keyName() string    // its key under <prefix>/subnets/
+	leaseValue() string // the value upstream flannel writes for it
 }
 
 // checkLeaseKeys checks that etcd holds exactly one key per host, with
 // upstream's value and an etcd lease, plus the keys in others.
-func checkLeaseKeys(t *testing.T, e *lab.Etcd, hosts []bareHost, others ...string) map[string]lab.EtcdKV {
+func checkLeaseKeys[H leaseHolder](t *testing.T, e *lab.Etcd, hosts []H, others ...string) map[string]lab.EtcdKV {
 	t.Helper()
 	keys := e.LeaseKeys(t)
 	want := slices.Clone(others)
@@ -107,11 +116,11 @@ func checkLeaseKeys(t *testing.T, e *lab.Etcd, hosts []bareHost, others ...strin
 		kv, ok := keys[h.keyName()]
 		switch {
 		case !ok:
-			t.Errorf("%s: no lease key %s", h.node.Name, h.keyName())
-		case kv.Value != upstreamLeaseValue(h):
-			t.Errorf("%s: key %s = %s, want %s", h.node.Name, kv.Key, kv.Value, upstreamLeaseValue(h))
+			t.Errorf("%s: no lease key %s", h.nodeName(), h.keyName())
+		case kv.Value != h.leaseValue():
+			t.Errorf("%s: key %s = %s, want %s", h.nodeName(), kv.Key, kv.Value, h.leaseValue())
 		case kv.Lease == 0:
-			t.Errorf("%s: key %s has no etcd lease", h.node.Name, kv.Key)
+			t.Errorf("%s: key %s has no etcd lease", h.nodeName(), kv.Key)
 		}
 	}
 	var got []string
