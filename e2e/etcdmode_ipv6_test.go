@@ -9,7 +9,6 @@ package e2e
 import (
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 	"testing"
 
@@ -215,30 +214,11 @@ func TestEtcdModeDualStack(t *testing.T) {
 		before := e.LeaseKeys(t)
 		h := hosts[1]
 		for _, kill := range []bool{false, true} {
-			p := h.node.Flanneld()
-			if kill {
-				p.Kill9()
-				// After a reboot /run is empty: the lease is found by public IP.
-				if err := os.Remove(h.node.SubnetFile); err != nil {
-					t.Fatal(err)
-				}
-			} else {
-				p.Stop()
-			}
-			p = l.StartEtcdFlanneld(t, e, h.node, nil)
-			h.node.WaitReady(t, readyTimeout)
+			restartBareHost(t, l, e, h.node, kill)
 			if got := describeDualHosts(t, []*lab.Node{h.node})[0]; got.subnet != h.subnet || got.subnet6 != h.subnet6 || got.mac6 != h.mac6 {
 				t.Errorf("after restart (kill %v) %s has %s %s (v6 MAC %s), want %s %s (%s)", kill, h.node.Name, got.subnet, got.subnet6, got.mac6, h.subnet, h.subnet6, h.mac6)
 			}
-			if !strings.Contains(p.Log(), `how="renewed"`) {
-				t.Errorf("restarted flanneld did not log taking back its lease:\n%s", tailLinesOf(p.Log(), 30))
-			}
-			after := checkLeaseKeys(t, e, hosts)
-			for name, kv := range before {
-				if after[name].Lease != kv.Lease {
-					t.Errorf("key %s: etcd lease %x before the restart, %x after", name, kv.Lease, after[name].Lease)
-				}
-			}
+			checkEtcdLeasesKept(t, before, checkLeaseKeys(t, e, hosts))
 		}
 		waitDualPeerStates(t, hosts)
 		if len(pods) == len(hosts) {

@@ -225,36 +225,50 @@ func TestEtcdModeCluster(t *testing.T) {
 		before := e.LeaseKeys(t)
 		for _, kill := range []bool{false, true} {
 			h := hosts[1]
-			p := h.node.Flanneld()
-			if kill {
-				p.Kill9()
-				// After a reboot /run is empty: the lease is found by public IP.
-				if err := os.Remove(h.node.SubnetFile); err != nil {
-					t.Fatal(err)
-				}
-			} else {
-				p.Stop()
-			}
-			p = l.StartEtcdFlanneld(t, e, h.node, nil)
-			h.node.WaitReady(t, readyTimeout)
+			restartBareHost(t, l, e, h.node, kill)
 			if sn := subnetOf(t, h.node); sn != h.subnet {
 				t.Errorf("after restart (kill %v) %s has %s, want %s", kill, h.node.Name, sn, h.subnet)
 			}
-			if !strings.Contains(p.Log(), `how="renewed"`) {
-				t.Errorf("restarted flanneld did not log taking back its lease:\n%s", tailLinesOf(p.Log(), 30))
-			}
-			after := checkLeaseKeys(t, e, hosts)
-			for name, kv := range before {
-				if after[name].Lease != kv.Lease {
-					t.Errorf("key %s: etcd lease %x before the restart, %x after", name, kv.Lease, after[name].Lease)
-				}
-			}
+			checkEtcdLeasesKept(t, before, checkLeaseKeys(t, e, hosts))
 		}
 		waitPeerStates(t, hosts, convergeTimeout)
 		if len(pods) == len(nodes) {
 			pingAll(t, pods)
 		}
 	})
+}
+
+// restartBareHost restarts flanneld on n: with kill, by kill -9 and with
+// /run emptied as after a reboot (the lease is then found by public IP),
+// else by SIGTERM. It waits until flanneld is ready and checks that it took
+// back its lease.
+func restartBareHost(t *testing.T, l *lab.Lab, e *lab.Etcd, n *lab.Node, kill bool) {
+	t.Helper()
+	p := n.Flanneld()
+	if kill {
+		p.Kill9()
+		if err := os.Remove(n.SubnetFile); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		p.Stop()
+	}
+	p = l.StartEtcdFlanneld(t, e, n, nil)
+	n.WaitReady(t, readyTimeout)
+	if !strings.Contains(p.Log(), `how="renewed"`) {
+		t.Errorf("restarted flanneld did not log taking back its lease:\n%s", tailLinesOf(p.Log(), 30))
+	}
+}
+
+// checkEtcdLeasesKept checks that every key of before is still bound to
+// the same etcd lease in after.
+func checkEtcdLeasesKept(t *testing.T, before, after map[string]lab.EtcdKV) {
+	t.Helper()
+	for name, kv := range before {
+		if after[name].Lease != kv.Lease {
+			t.Errorf("key %s: etcd lease %x before the restart, %x after", name, kv.Lease, after[name].Lease)
+		}
+	}
 }
 
 func hostOf(hosts []bareHost, n *lab.Node) bareHost {

@@ -268,20 +268,7 @@ func TestFirewallRun(t *testing.T) {
 	fw := NewFirewall(ipt, fwAllRules(fwReferenceConfig))
 	golden := fwReadGolden(t, "firewall_ipv4.golden")
 
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		fw.Run(ctx, 5*time.Millisecond)
-	}()
-	defer func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			t.Error("Run did not return after the context was cancelled")
-		}
-	}()
+	defer runInBackground(t, fw.Run)()
 
 	fwWaitFor(t, "initial installation", func() bool { return ipt.dump() == golden })
 	ipt.edit(func(ts map[string]*fakeTable) { ts["nat"].rules[MasqChain] = nil })
@@ -316,5 +303,24 @@ func TestFirewallCheckIsReadOnly(t *testing.T) {
 	}
 	if problems, err := f.Check(); err != nil || len(problems) != 0 {
 		t.Fatalf("problems after Ensure: %v, %v", problems, err)
+	}
+}
+
+// runInBackground starts run with a 5 ms interval and returns the function
+// that stops it and checks that it returns.
+func runInBackground(t *testing.T, run func(context.Context, time.Duration)) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		run(ctx, 5*time.Millisecond)
+	}()
+	return func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Error("Run did not return after the context was cancelled")
+		}
 	}
 }

@@ -402,20 +402,7 @@ func TestNFTRun(t *testing.T) {
 	fw := NewNFTFirewall(nft, []NFTTable{nftSet(fwReferenceConfig).NFTTable()})
 	restored := make(chan []string, 10)
 	fw.OnRestore = func(r []string) { restored <- r }
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		fw.Run(ctx, 5*time.Millisecond)
-	}()
-	defer func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			t.Error("Run did not return after the context was cancelled")
-		}
-	}()
+	defer runInBackground(t, fw.Run)()
 	golden := fwReadGolden(t, "nftables_ipv4.golden")
 	fwWaitFor(t, "initial installation", func() bool { return nft.Dump() == golden })
 	nftRun(t, nft, func(tx *knftables.Transaction) {

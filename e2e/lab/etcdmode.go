@@ -44,20 +44,7 @@ const EtcdPrefix = "/coreos.com/network"
 func NewBare(t testing.TB, opts ...Option) *Lab {
 	t.Helper()
 	RequireRoot(t)
-	l := &Lab{t: t, runID: newRunID(), dir: t.TempDir()}
-	for _, o := range opts {
-		o(l)
-	}
-	l.logDir = filepath.Join(l.dir, "logs")
-	if err := os.MkdirAll(l.logDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("bare lab run id %s, directory %s", l.runID, l.dir)
-	t.Cleanup(l.cleanup)
-	if err := l.createUnderlay(); err != nil {
-		t.Fatalf("creating the underlay: %v", err)
-	}
-	return l
+	return newUnderlayLab(t, "bare lab", opts)
 }
 
 // AddBareNode creates a node namespace like AddNode (eth0 at

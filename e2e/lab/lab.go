@@ -70,20 +70,7 @@ func New(t testing.TB, opts ...Option) *Lab {
 	etcd := RequireBinary(t, BinaryEtcd)
 	apiserver := RequireBinary(t, BinaryKubeAPIServer)
 
-	l := &Lab{t: t, runID: newRunID(), dir: t.TempDir()}
-	for _, o := range opts {
-		o(l)
-	}
-	l.logDir = filepath.Join(l.dir, "logs")
-	if err := os.MkdirAll(l.logDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("lab run id %s, directory %s", l.runID, l.dir)
-	t.Cleanup(l.cleanup)
-
-	if err := l.createUnderlay(); err != nil {
-		t.Fatalf("creating the underlay: %v", err)
-	}
+	l := newUnderlayLab(t, "lab", opts)
 	if err := l.WriteNetConf(DefaultNetConf); err != nil {
 		t.Fatal(err)
 	}
@@ -260,3 +247,24 @@ func Poll(timeout time.Duration, check func() error) error {
 }
 
 const pollInterval = 250 * time.Millisecond
+
+// newUnderlayLab creates a lab's directory and underlay, with the options
+// applied, and registers the cleanup of everything the lab will create.
+// kind names the lab in the test log.
+func newUnderlayLab(t testing.TB, kind string, opts []Option) *Lab {
+	t.Helper()
+	l := &Lab{t: t, runID: newRunID(), dir: t.TempDir()}
+	for _, o := range opts {
+		o(l)
+	}
+	l.logDir = filepath.Join(l.dir, "logs")
+	if err := os.MkdirAll(l.logDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s run id %s, directory %s", kind, l.runID, l.dir)
+	t.Cleanup(l.cleanup)
+	if err := l.createUnderlay(); err != nil {
+		t.Fatalf("creating the underlay: %v", err)
+	}
+	return l
+}

@@ -75,28 +75,24 @@ func chooseSubnet(c *subnet.Config, all []existing, host hostIPs, previous, prev
 	ch := choice{stale: stale}
 	// This host's stale keys are deleted in the same transaction, so their
 	// subnets are free for it; they are tried after the previous subnets.
-	var err4, err6 error
-	if c.EnableIPv4 {
-		r := newFamily(c.Network, c.SubnetLen, c.SubnetMin, c.SubnetMax, all, isStale, func(l subnet.Lease) netip.Prefix { return l.Subnet })
+	pick := func(family string, network netip.Prefix, bits int, min, max netip.Addr, previous netip.Prefix, of func(subnet.Lease) netip.Prefix) (netip.Prefix, error) {
+		r := newFamily(network, bits, min, max, all, isStale, of)
 		cands := []netip.Prefix{previous}
 		for _, e := range stale {
-			cands = append(cands, e.lease.Subnet)
+			cands = append(cands, of(e.lease))
 		}
-		ch.subnet, err4 = r.choose(cands, rng)
-		if err4 != nil {
-			err4 = fmt.Errorf("IPv4 %s: %w", c.Network, err4)
+		sn, err := r.choose(cands, rng)
+		if err != nil {
+			err = fmt.Errorf("%s %s: %w", family, network, err)
 		}
+		return sn, err
+	}
+	var err4, err6 error
+	if c.EnableIPv4 {
+		ch.subnet, err4 = pick("IPv4", c.Network, c.SubnetLen, c.SubnetMin, c.SubnetMax, previous, func(l subnet.Lease) netip.Prefix { return l.Subnet })
 	}
 	if c.EnableIPv6 {
-		r := newFamily(c.IPv6Network, c.IPv6SubnetLen, c.IPv6SubnetMin, c.IPv6SubnetMax, all, isStale, func(l subnet.Lease) netip.Prefix { return l.IPv6Subnet })
-		cands := []netip.Prefix{previous6}
-		for _, e := range stale {
-			cands = append(cands, e.lease.IPv6Subnet)
-		}
-		ch.ipv6Subnet, err6 = r.choose(cands, rng)
-		if err6 != nil {
-			err6 = fmt.Errorf("IPv6 %s: %w", c.IPv6Network, err6)
-		}
+		ch.ipv6Subnet, err6 = pick("IPv6", c.IPv6Network, c.IPv6SubnetLen, c.IPv6SubnetMin, c.IPv6SubnetMax, previous6, func(l subnet.Lease) netip.Prefix { return l.IPv6Subnet })
 	}
 	if err := errors.Join(err4, err6); err != nil {
 		return choice{}, err
