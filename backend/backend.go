@@ -109,6 +109,15 @@ func DirectRoute(reach ip.Reachability, ext *ip.ExternalInterface, peerName stri
 	return kernel.Route{Dst: sn.Masked(), Gw: publicIP, LinkIndex: ext.Index}, nil
 }
 
+// CheckType returns an error wrapping ErrPeerData unless the peer uses the
+// backend typ.
+func CheckType(peer subnet.Lease, typ string) error {
+	if peer.Attrs.BackendType != typ {
+		return fmt.Errorf("%w: peer %s uses backend %s, this node uses %q", ErrPeerData, peer.Name, subnet.Quote(peer.Attrs.BackendType), typ)
+	}
+	return nil
+}
+
 // Family is one address family of a peer's lease: its pod subnet, its
 // public IP and its backend data in that family.
 type Family struct {
@@ -148,7 +157,8 @@ func PeerFamilies(peer subnet.Lease, ipv4, ipv6 bool) ([]Family, error) {
 		klog.InfoS("Peer has a subnet but no public IP of an address family (does its flanneld run without it?); programming the other family only",
 			"node", peer.Name, "missing", strings.Join(unusable, ", "))
 	case len(unusable) > 0:
-		return nil, fmt.Errorf("%w: peer %s has no %s", ErrPeerData, peer.Name, strings.Join(unusable, " and no "))
+		return nil, &subnet.PeerError{Reason: subnet.SkipPublicIP,
+			Err: fmt.Errorf("%w: peer %s has no %s", ErrPeerData, peer.Name, strings.Join(unusable, " and no "))}
 	case len(fams) == 0:
 		want := "IPv4"
 		switch {

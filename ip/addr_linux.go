@@ -50,3 +50,21 @@ func EnsureOnlyAddress(h *netlink.Handle, link netlink.Link, addr netip.Prefix) 
 	}
 	return nil
 }
+
+// LinkPrefixes returns the IPv4 and IPv6 addresses of the link with index
+// linkIndex, each with its prefix length (IPv6 link-local ones left out).
+func LinkPrefixes(h *netlink.Handle, linkIndex int) ([]netip.Prefix, error) {
+	addrs, err := RetryDump(func() ([]netlink.Addr, error) {
+		return h.AddrList(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: linkIndex}}, netlink.FAMILY_ALL)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list addresses of link %d: %w", linkIndex, err)
+	}
+	var out []netip.Prefix
+	for _, a := range addrs {
+		if p := PrefixFromIPNet(a.IPNet); p.IsValid() && !p.Addr().IsLinkLocalUnicast() {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/flanneld/flanneld/pkg/kernel"
 )
@@ -59,7 +60,7 @@ func TestSyncAddsInOrderNeighFDBRoute(t *testing.T) {
 	wantCalls := []string{
 		"SetNeigh 10.244.2.0 lladdr 0a:00:00:00:00:02 dev 7",
 		"SetFDB 0a:00:00:00:00:02 dst 192.168.100.2 dev 7",
-		"SetRoute 10.244.2.0/24 via 10.244.2.0 dev 7 onlink",
+		"AddRoute 10.244.2.0/24 via 10.244.2.0 dev 7 onlink",
 	}
 	if got := strings.Join(f.Calls, "\n"); got != strings.Join(wantCalls, "\n") {
 		t.Fatalf("calls:\n%s\nwant:\n%s", got, strings.Join(wantCalls, "\n"))
@@ -190,31 +191,58 @@ func sortLines(lines []string) string {
 	return strings.Join(out, "\n")
 }
 
-func TestFailedEntriesAreRetried(t *testing.T) {
+// An entry the kernel refuses is skipped and reported once; the rest of
+// the pass is applied and the pass succeeds; the entry is retried with
+// backoff, and reported as recovered once it goes in.
+func TestFailedEntriesAreIsolatedAndRetried(t *testing.T) {
 	f := kernel.NewFake()
-	failing := true
+	failing, attempts := true, 0
 	f.Fail = func(call string) error {
-		if failing && strings.HasPrefix(call, "SetRoute 10.244.3.0") {
-			return errors.New("injected")
+		if failing && strings.HasPrefix(call, "AddRoute 10.244.3.0") {
+			attempts++
+			return errors.New("invalid argument")
 		}
 		return nil
 	}
 	r := NewReconciler(f)
-	_, err := r.Sync(stateOf(2, 3), true)
-	if err == nil || !strings.Contains(err.Error(), "injected") {
-		t.Fatalf("want the injected error, got %v", err)
+	now := time.Unix(1000, 0)
+	r.now = func() time.Time { return now }
+	res, err := r.Sync(stateOf(2, 3), true)
+	if err != nil {
+		t.Fatalf("one refused entry failed the pass: %v", err)
+	}
+	if len(res.Failures) != 1 || res.Failures[0].Kind != "route" || res.Failures[0].Conflict || res.Failing != 1 {
+		t.Fatalf("failures %+v, failing %d; want the one route", res.Failures, res.Failing)
+	}
+	if !res.RetryAt.Equal(now.Add(retryMin)) {
+		t.Errorf("retry at %v, want %v", res.RetryAt, now.Add(retryMin))
 	}
 	// Everything else took effect.
 	if strings.Count(f.Dump(), "\n") != 4 {
 		t.Fatalf("state after partial failure:\n%s", f.Dump())
 	}
-	failing = false
+	// Not due yet: no kernel call, nothing reported again.
 	f.ResetCalls()
-	res, err := r.Sync(stateOf(2, 3), false)
+	res, _ = r.Apply(false)
+	if len(f.Calls) != 0 || attempts != 1 || len(res.Failures) != 0 || res.Failing != 1 {
+		t.Fatalf("before the backoff: calls %v, %d attempts, result %+v", f.Calls, attempts, res)
+	}
+	// Due, failing again with the same error: retried, not reported again,
+	// and the backoff doubles.
+	now = now.Add(retryMin)
+	res, _ = r.Apply(true)
+	if attempts != 2 || len(res.Failures) != 0 || !res.RetryAt.Equal(now.Add(2*retryMin)) {
+		t.Fatalf("second attempt: %d attempts, result %+v", attempts, res)
+	}
+	failing = false
+	now = now.Add(2 * retryMin)
+	f.ResetCalls()
+	res, err = r.Apply(false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Added != 1 || fmt.Sprint(f.Calls) != "[SetRoute 10.244.3.0/24 via 10.244.3.0 dev 7 onlink]" {
+	if res.Added != 1 || fmt.Sprint(f.Calls) != "[AddRoute 10.244.3.0/24 via 10.244.3.0 dev 7 onlink]" ||
+		len(res.Recovered) != 1 || res.Failing != 0 || !res.RetryAt.IsZero() {
 		t.Fatalf("retry pass: %+v %v", res, f.Calls)
 	}
 }
@@ -243,44 +271,21 @@ func TestUpdateTouchesOnlyTheChangedPeer(t *testing.T) {
 	r := NewReconciler(f)
 	r.SetOwnedLinks([]int{vxlanLink})
 	for i := 2; i < 200; i++ {
-		r.Update(State{}, peerState(i, mac(i)))
+		r.Update(fmt.Sprint(i), State{}, peerState(i, mac(i)))
 	}
 	if _, err := r.Apply(true); err != nil {
 		t.Fatal(err)
 	}
 	f.ResetCalls()
-	r.Update(peerState(7, mac(7)), peerState(7, mac(77)))
+	r.Update("7", peerState(7, mac(7)), peerState(7, mac(250)))
 	if len(r.routes.dirty)+len(r.neighs.dirty)+len(r.fdbs.dirty) != 3 {
 		t.Fatalf("dirty keys after one change: %d routes, %d neighbours, %d fdb", len(r.routes.dirty), len(r.neighs.dirty), len(r.fdbs.dirty))
 	}
 	if _, err := r.Apply(false); err != nil {
 		t.Fatal(err)
 	}
-	want := "[SetNeigh 10.244.7.0 lladdr 0a:00:00:00:00:4d dev 7 SetFDB 0a:00:00:00:00:4d dst 192.168.100.7 dev 7 DelFDB 0a:00:00:00:00:07 dst 192.168.100.7 dev 7]"
+	want := "[SetNeigh 10.244.7.0 lladdr 0a:00:00:00:00:fa dev 7 SetFDB 0a:00:00:00:00:fa dst 192.168.100.7 dev 7 DelFDB 0a:00:00:00:00:07 dst 192.168.100.7 dev 7]"
 	if got := fmt.Sprint(f.Calls); got != want {
 		t.Fatalf("calls %s\nwant %s", got, want)
-	}
-}
-
-// An entry two peers want (a shared FDB MAC, say) stays until both let go.
-func TestUpdateRefCounts(t *testing.T) {
-	f := kernel.NewFake()
-	r := NewReconciler(f)
-	shared := State{FDBs: []kernel.FDB{{LinkIndex: vxlanLink, MAC: mac(1), Dst: netip.MustParseAddr("192.168.100.1")}}}
-	r.Update(State{}, shared)
-	r.Update(State{}, shared)
-	r.Update(shared, State{})
-	if _, err := r.Apply(false); err != nil {
-		t.Fatal(err)
-	}
-	if len(f.FDBs) != 1 {
-		t.Fatalf("entry removed while still wanted: %s", f.Dump())
-	}
-	r.Update(shared, State{})
-	if _, err := r.Apply(false); err != nil {
-		t.Fatal(err)
-	}
-	if len(f.FDBs) != 0 {
-		t.Fatalf("entry left after the last peer let go: %s", f.Dump())
 	}
 }

@@ -373,6 +373,17 @@ func decodeNetwork(key string, raw json.RawMessage, wantV4, required bool) (neti
 	if p.Addr().Zone() != "" {
 		return netip.Prefix{}, fmt.Errorf("%s %q must not have a zone", key, s)
 	}
+	maxBits := MaxIPv6SubnetLen
+	if wantV4 {
+		maxBits = MaxSubnetLen
+	}
+	switch {
+	case p.Bits() == 0:
+		return netip.Prefix{}, fmt.Errorf("%s %s covers every %s address: pod routes and the forward and masquerade rules would capture all traffic; give the cluster's pod network, e.g. %q",
+			key, p, family, example)
+	case p.Bits() > maxBits:
+		return netip.Prefix{}, fmt.Errorf("%s %s is too small to hold a node subnet: it must be /%d or larger", key, p, maxBits)
+	}
 	if m := p.Masked(); m != p {
 		// Upstream accepts host bits and uses the network; so do we.
 		klog.InfoS("Network has host bits set; using its network address", "key", key, "given", p, "using", m)

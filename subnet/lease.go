@@ -34,4 +34,13 @@ type Lease struct {
 	// IPv6Subnet is the IPv6 pod subnet; the zero Prefix when the node has none.
 	IPv6Subnet netip.Prefix
 	Attrs      LeaseAttrs
+	// Created orders leases by age, as the source knows it: a Node's
+	// creationTimestamp (Unix seconds), an etcd key's create revision. The
+	// smaller is older; zero when unknown. Of two peers that claim the same
+	// subnet or kernel entry, the older keeps it.
+	Created int64
+	// Err is set on a peer whose data the source could not read: the
+	// peer is known but skipped (with its Name only), reported like any
+	// other refused peer.
+	Err error
 }

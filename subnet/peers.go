@@ -121,9 +121,28 @@ func (p *Peers) Drain() (changed map[string]*Lease, synced bool) {
 	return changed, p.synced
 }
 
-// Equal reports whether two leases are the same in every field.
+// Equal reports whether two leases are the same in every field (errors by
+// their message).
 func (l Lease) Equal(o Lease) bool {
-	return l.Name == o.Name && l.Subnet == o.Subnet && l.IPv6Subnet == o.IPv6Subnet && l.Attrs.Equal(o.Attrs)
+	return l.Name == o.Name && l.Subnet == o.Subnet && l.IPv6Subnet == o.IPv6Subnet && l.Created == o.Created &&
+		errString(l.Err) == errString(o.Err) && l.Attrs.Equal(o.Attrs)
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// Older reports whether l's claim precedes o's: it was created earlier.
+// Leases of equal age are ordered by name, for a start-up order that does
+// not depend on event order.
+func (l Lease) Older(o Lease) bool {
+	if l.Created != o.Created {
+		return l.Created < o.Created
+	}
+	return l.Name < o.Name
 }
 
 // Equal reports whether two attribute sets are the same.

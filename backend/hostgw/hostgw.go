@@ -69,8 +69,8 @@ func (b *Backend) Base() network.State { return network.State{} }
 // have, a route to the peer's subnet via its public IP, if that is on this
 // node's segment.
 func (b *Backend) PeerState(peer subnet.Lease) (network.State, error) {
-	if peer.Attrs.BackendType != Type {
-		return network.State{}, fmt.Errorf("%w: peer %s uses backend %q, this node uses %q", backend.ErrPeerData, peer.Name, peer.Attrs.BackendType, Type)
+	if err := backend.CheckType(peer, Type); err != nil {
+		return network.State{}, err
 	}
 	fams, err := backend.PeerFamilies(peer, b.ipv4, b.ipv6)
 	if err != nil {

@@ -133,8 +133,8 @@ func (b *Backend) Dropped() map[string]uint64 { return b.fwd.drops.snapshot() }
 
 // checkPeer validates a peer's lease for this backend.
 func checkPeer(peer subnet.Lease) error {
-	if peer.Attrs.BackendType != Type {
-		return fmt.Errorf("%w: peer %s uses backend %q, this node uses %q", backend.ErrPeerData, peer.Name, peer.Attrs.BackendType, Type)
+	if err := backend.CheckType(peer, Type); err != nil {
+		return err
 	}
 	if !peer.Subnet.IsValid() || !peer.Subnet.Addr().Is4() {
 		return fmt.Errorf("%w: peer %s has no IPv4 subnet", backend.ErrPeerData, peer.Name)

@@ -82,8 +82,8 @@ type peerVTEP struct {
 // parsePeer validates a peer's lease for this backend and returns its VTEPs
 // in the address families both sides use (ipv4, ipv6 are this node's).
 func parsePeer(peer subnet.Lease, vni int, ipv4, ipv6 bool) ([]peerVTEP, error) {
-	if peer.Attrs.BackendType != Type {
-		return nil, fmt.Errorf("%w: peer %s uses backend %q, this node uses %q", ErrPeerData, peer.Name, peer.Attrs.BackendType, Type)
+	if err := backend.CheckType(peer, Type); err != nil {
+		return nil, err
 	}
 	fams, err := backend.PeerFamilies(peer, ipv4, ipv6)
 	if err != nil {
@@ -109,7 +109,7 @@ func parseData(name string, f backend.Family, vni int) (kernel.MAC, error) {
 	}
 	var d peerData
 	if err := json.Unmarshal(f.BackendData, &d); err != nil {
-		return kernel.MAC{}, fmt.Errorf("%w: peer %s has malformed %s %q: %v", ErrPeerData, name, key, f.BackendData, err)
+		return kernel.MAC{}, fmt.Errorf("%w: peer %s has malformed %s %s: %v", ErrPeerData, name, key, subnet.Quote(string(f.BackendData)), err)
 	}
 	if d.VNI == nil {
 		return kernel.MAC{}, fmt.Errorf("%w: peer %s %s has no VNI", ErrPeerData, name, key)
@@ -119,7 +119,7 @@ func parseData(name string, f backend.Family, vni int) (kernel.MAC, error) {
 	}
 	mac, err := kernel.ParseMAC(d.VtepMAC)
 	if err != nil {
-		return kernel.MAC{}, fmt.Errorf("%w: peer %s has a bad VtepMAC %q: %v", ErrPeerData, name, d.VtepMAC, err)
+		return kernel.MAC{}, fmt.Errorf("%w: peer %s has a bad VtepMAC %s", ErrPeerData, name, subnet.Quote(d.VtepMAC))
 	}
 	if mac.IsZero() || mac[0]&1 == 1 {
 		return kernel.MAC{}, fmt.Errorf("%w: peer %s has VtepMAC %s, which is not a unicast address", ErrPeerData, name, mac)

@@ -123,7 +123,10 @@ func Run(ctx context.Context, o Options) error {
 	klog.InfoS("Wrote subnet file", validKV("path", o.SubnetFile, "subnet", env.Subnet, "subnetIPv6", env.IPv6Subnet, "mtu", env.MTU)...)
 
 	status.SetReady(false, "waiting for the first sync of peers")
-	loop := newSyncLoop(be, network.NewReconciler(kernel.NewNetlink(h)), peers, lease, o.Resync, status, m)
+	rules := subnet.PeerRules{Config: cfg, Own: lease}
+	loop := newSyncLoop(be, network.NewReconciler(kernel.NewNetlink(h)), peers, rules, o.Resync, status, m)
+	loop.localAddrs = func() ([]netip.Prefix, error) { return ip.LinkPrefixes(h, ext.Index) }
+	loop.refreshRules()
 	reportReady := make(chan struct{}, 1)
 	go func() {
 		// NetworkUnavailable=False, off the sync loop: the API server may be slow.

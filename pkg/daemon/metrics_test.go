@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -93,7 +94,7 @@ func TestSyncLoopMetrics(t *testing.T) {
 	peers := subnet.NewPeers()
 	m := metrics.New("test")
 	status := health.NewStatus(time.Minute)
-	l := newSyncLoop(fakeBackend{}, network.NewReconciler(k), peers, peer("self", "10.244.1.0/24", "192.168.0.1", `{}`), time.Hour, status, m)
+	l := newSyncLoop(fakeBackend{}, network.NewReconciler(k), peers, rulesFor(peer("self", "10.244.1.0/24", "192.168.0.1", `{}`)), time.Hour, status, m)
 	var (
 		mu     sync.Mutex
 		events []string
@@ -182,21 +183,33 @@ func TestSyncLoopMetrics(t *testing.T) {
 		t.Errorf("peers_known = %v, want 4", got)
 	}
 
-	// A pass that fails counts as an error and makes the node not ready,
-	// until the retry succeeds.
+	// An entry the kernel refuses is counted and reported once, and
+	// retried with backoff; the pass succeeds and the node stays ready.
 	failing.Store(true)
 	peers.Set(peer("n5", "10.244.5.0/24", "192.168.0.5", `{}`))
-	waitFor(t, "a failed pass", func() bool { return value(t, m.SyncErrors) >= 1 })
-	if status.Ready() == nil {
-		t.Error("ready after a failed pass")
+	waitValue(t, "a refused entry", m.EntryFailures.WithLabelValues("route", "refused"), 1)
+	waitValue(t, "one entry failing", m.EntriesFailing, 1)
+	if err := status.Ready(); err != nil {
+		t.Errorf("not ready because one entry was refused: %v", err)
 	}
-	if got := value(t, m.PeersProgrammed); got != 3 {
-		t.Errorf("peers_programmed = %v during the failure, want 3 (unchanged)", got)
+	if got := value(t, m.SyncErrors); got != 0 {
+		t.Errorf("sync_errors_total = %v, want 0: a refused entry is not a failed pass", got)
 	}
+	mu.Lock()
+	if !slices.ContainsFunc(events, func(e string) bool { return strings.HasPrefix(e, "EntryRefused: route 10.244.5.0/24") }) {
+		t.Errorf("events %q, want an EntryRefused for n5's route", events)
+	}
+	mu.Unlock()
 	failing.Store(false)
-	waitValue(t, "n5 programmed after the retry", m.PeersProgrammed, 4)
-	waitFor(t, "ready again", func() bool { return status.Ready() == nil })
+	waitValue(t, "no entry failing after the retry", m.EntriesFailing, 0)
+	waitFor(t, "n5's route in", func() bool { return strings.Contains(k.Dump(), "route 10.244.5.0/24") })
+	if got := value(t, m.EntryFailures.WithLabelValues("route", "refused")); got != 1 {
+		t.Errorf("entry_failures_total = %v, want 1 (reported once)", got)
+	}
 	if got := value(t, m.PeersSkipped); got != 1 {
 		t.Errorf("peers_skipped = %v, want 1", got)
+	}
+	if got := value(t, m.PeersRejected.WithLabelValues("backend")); got != 1 {
+		t.Errorf("peers_rejected_total{backend} = %v, want 1", got)
 	}
 }

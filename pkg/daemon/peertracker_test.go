@@ -49,7 +49,7 @@ func (b *trackingBackend) has(want map[string]string) bool {
 func TestPeerTracker(t *testing.T) {
 	be := &trackingBackend{peers: map[string]string{}}
 	peers := subnet.NewPeers()
-	l := newSyncLoop(be, network.NewReconciler(kernel.NewFake()), peers, peer("self", "10.244.1.0/24", "192.168.0.1", `{}`),
+	l := newSyncLoop(be, network.NewReconciler(kernel.NewFake()), peers, rulesFor(peer("self", "10.244.1.0/24", "192.168.0.1", `{}`)),
 		time.Hour, health.NewStatus(time.Minute), metrics.New("test"))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

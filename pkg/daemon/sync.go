@@ -2,9 +2,7 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -14,7 +12,6 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/flanneld/flanneld/backend"
-	"github.com/flanneld/flanneld/ip"
 	"github.com/flanneld/flanneld/network"
 	"github.com/flanneld/flanneld/pkg/health"
 	"github.com/flanneld/flanneld/pkg/kernel"
@@ -38,82 +35,74 @@ const (
 // period, and after drift) also check the device and compare with the
 // kernel, repairing what someone changed and pruning what is stale.
 type syncLoop struct {
-	backend    backend.Backend
-	reconciler *network.Reconciler
-	peers      *subnet.Peers
-	own        subnet.Lease
-	resync     time.Duration
-	status     *health.Status
-	metrics    *metrics.Metrics
+	*admission
+	peers   *subnet.Peers
+	own     subnet.Lease
+	resync  time.Duration
+	status  *health.Status
+	metrics *metrics.Metrics
 	// onReady is called when the node becomes ready: after the first
 	// successful full pass, and again after recovering from failures.
 	onReady func()
 	// event posts an Event on the node's object (warning, reason, message).
 	event func(warning bool, reason, message string)
+	// localAddrs returns the addresses (with their prefixes) of the
+	// external interface, for the peer rules; nil leaves them as given.
+	localAddrs func() ([]netip.Prefix, error)
 
 	// drift is signalled (coalesced) when the kernel reports that
 	// something flanneld owns changed.
 	drift chan struct{}
 
-	// states is the desired state of each programmed peer, recomputed only
-	// when its lease changes; overlapping holds the leases of the peers
-	// skipped because their subnet overlaps a programmed peer's,
-	// re-examined whenever a peer goes away.
-	states      map[string]peerEntry
-	overlapping map[string]subnet.Lease
-	// unreachable holds the peers skipped because their public IP was not
-	// reachable directly (host-gw), re-examined on every full pass: what
-	// this node reaches can change without their leases changing (after
-	// the external interface went down and up, its IPv6 address may come
-	// back only after flanneld recomputed its peers).
-	unreachable map[string]skippedPeer
-	index       *subnetIndex // the subnets of the programmed peers
-	base        network.State
-	// started is set after the first successful pass: peers added before
-	// it are logged in one line, not one each.
-	started bool
+	base network.State
 
 	mu    sync.Mutex
 	owned []int // the backend's owned links, read by the drift watcher
 }
 
-func newSyncLoop(be backend.Backend, rec *network.Reconciler, peers *subnet.Peers, own subnet.Lease, resync time.Duration, status *health.Status, m *metrics.Metrics) *syncLoop {
+func newSyncLoop(be backend.Backend, rec *network.Reconciler, peers *subnet.Peers, rules subnet.PeerRules, resync time.Duration, status *health.Status, m *metrics.Metrics) *syncLoop {
 	l := &syncLoop{
-		backend:     be,
-		reconciler:  rec,
-		peers:       peers,
-		own:         own,
-		resync:      resync,
-		status:      status,
-		metrics:     m,
-		onReady:     func() {},
-		event:       func(bool, string, string) {},
-		drift:       make(chan struct{}, 1),
-		states:      map[string]peerEntry{},
-		overlapping: map[string]subnet.Lease{},
-		unreachable: map[string]skippedPeer{},
-		index:       newSubnetIndex(),
-		owned:       be.Base().OwnedLinks,
+		admission: newAdmission(be, rec, rules),
+		peers:     peers,
+		own:       rules.Own,
+		resync:    resync,
+		status:    status,
+		metrics:   m,
+		onReady:   func() {},
+		event:     func(bool, string, string) {},
+		drift:     make(chan struct{}, 1),
+		owned:     be.Base().OwnedLinks,
 	}
+	l.admission.report = l.reportSkip
 	l.setBase(be.Base())
 	return l
 }
 
-// peerEntry is a programmed peer: its desired state and its subnets.
-type peerEntry struct {
-	st              network.State
-	subnet, subnet6 netip.Prefix
+// reportSkip counts a skipped peer and posts an Event about it, quoting
+// at most maxEventBytes.
+func (l *syncLoop) reportSkip(name string, reason subnet.SkipReason, err error) {
+	l.metrics.PeersRejected.WithLabelValues(string(reason)).Inc()
+	event := "PeerSkipped"
+	if reason == subnet.SkipUnreachable {
+		event = "PeerUnreachable"
+	}
+	l.event(true, event, truncate(fmt.Sprintf("peer %s skipped: %v", name, err), maxEventBytes))
 }
 
-// skippedPeer is a peer skipped for now, and why.
-type skippedPeer struct {
-	lease  subnet.Lease
-	reason string
+// maxEventBytes bounds the message of an Event flanneld posts.
+const maxEventBytes = 1024
+
+// truncate cuts s to at most n bytes.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
 }
 
 // setBase gives the reconciler the backend's own state (its devices).
 func (l *syncLoop) setBase(base network.State) {
-	l.reconciler.Update(l.base, base)
+	l.reconciler.Update("", l.base, base)
 	l.reconciler.SetOwnedLinks(base.OwnedLinks)
 	l.base = base
 }
@@ -177,6 +166,7 @@ func (l *syncLoop) run(ctx context.Context) {
 				fail("Device check", err)
 				continue
 			}
+			l.refreshRules()
 		}
 		synced = l.drain(first || full) || synced
 		if !synced {
@@ -202,9 +192,15 @@ func (l *syncLoop) run(ctx context.Context) {
 		known := l.peers.Len()
 		l.metrics.PeersKnown.Set(float64(known))
 		l.metrics.PeersSkipped.Set(float64(known - len(l.states)))
+		l.reportEntries(res)
 		if err != nil {
 			fail("Sync", err)
 			continue
+		}
+		if !res.RetryAt.IsZero() && wait == nil {
+			// Entries that failed are retried with backoff; the node is
+			// ready with the rest.
+			wait = time.After(time.Until(res.RetryAt))
 		}
 		retryDelay = time.Second
 		l.status.Beat()
@@ -213,7 +209,7 @@ func (l *syncLoop) run(ctx context.Context) {
 		klog.V(2).InfoS("Synced peers", "peers", len(l.states), "kind", kind,
 			"added", res.Added, "removed", res.Removed, "duration", elapsed)
 		full, first = false, false
-		l.started = true
+		l.verbose = true
 		if !ready {
 			ready = true
 			l.status.SetReady(true, "")
@@ -292,134 +288,52 @@ func (l *syncLoop) ensureDevice(ctx context.Context) error {
 	return nil
 }
 
-// drain folds the changed peers into states, and reports whether the
-// lease source has synced. Changed peers are handled in name order, so
-// which of two overlapping peers wins does not depend on event order. With
-// full (a full pass), the peers skipped as unreachable are examined again.
+// drain folds the changed peers into the desired state, and reports
+// whether the lease source has synced. With full (a full pass), the peers
+// skipped as unreachable are examined again.
 func (l *syncLoop) drain(full bool) bool {
 	changed, synced := l.peers.Drain()
-	removed := false
-	for _, name := range slices.Sorted(maps.Keys(changed)) {
-		lease := changed[name]
-		if lease == nil {
-			if _, ok := l.states[name]; ok {
-				klog.InfoS("Removing peer", "node", name)
-				removed = true
-			}
-			l.dropState(name)
-			delete(l.overlapping, name)
-			delete(l.unreachable, name)
-			continue
-		}
-		if old, ok := l.states[name]; ok && (old.subnet != lease.Subnet || old.subnet6 != lease.IPv6Subnet) {
-			removed = true // its old subnet may have blocked another peer
-		}
-		l.update(*lease)
-	}
-	if removed {
-		for _, name := range slices.Sorted(maps.Keys(l.overlapping)) {
-			l.update(l.overlapping[name])
-		}
-	}
-	if full {
-		for _, name := range slices.Sorted(maps.Keys(l.unreachable)) {
-			if _, ok := changed[name]; !ok {
-				l.update(l.unreachable[name].lease)
-			}
-		}
-	}
+	l.apply(changed, full)
 	return synced
 }
 
-// setState records a peer's desired state and hands the change to the
-// reconciler (and the peer to a backend that tracks peers itself).
-func (l *syncLoop) setState(lease subnet.Lease, st network.State) {
-	name := lease.Name
-	old := l.states[name]
-	l.index.remove(name, old.subnet, old.subnet6)
-	l.reconciler.Update(old.st, st)
-	l.index.add(name, lease.Subnet, lease.IPv6Subnet)
-	l.states[name] = peerEntry{st: st, subnet: lease.Subnet, subnet6: lease.IPv6Subnet}
-	if t, ok := l.backend.(backend.PeerTracker); ok {
-		t.SetPeer(name, &lease)
-	}
-}
-
-// dropState forgets a peer's desired state.
-func (l *syncLoop) dropState(name string) {
-	if old, ok := l.states[name]; ok {
-		l.reconciler.Update(old.st, network.State{})
-		l.index.remove(name, old.subnet, old.subnet6)
-		delete(l.states, name)
-		if t, ok := l.backend.(backend.PeerTracker); ok {
-			t.SetPeer(name, nil)
-		}
-	}
-}
-
-// update recomputes one peer's desired state, skipping it with a warning
-// when its lease is unusable.
-func (l *syncLoop) update(lease subnet.Lease) {
-	name := lease.Name
-	st, err := l.peerState(lease)
-	if err != nil {
-		_, programmed := l.states[name]
-		_, wasOverlapping := l.overlapping[name]
-		prev, wasUnreachable := l.unreachable[name]
-		if programmed || !(wasOverlapping || (wasUnreachable && prev.reason == err.Error())) {
-			klog.InfoS("Skipping peer", "node", name, "reason", err.Error())
-			reason := "PeerSkipped"
-			if errors.Is(err, backend.ErrUnreachable) {
-				reason = "PeerUnreachable"
-			}
-			l.event(true, reason, fmt.Sprintf("peer %s skipped: %v", name, err))
-		}
-		l.dropState(name)
-		delete(l.overlapping, name)
-		delete(l.unreachable, name)
-		if _, ok := err.(*overlapError); ok {
-			l.overlapping[name] = lease
-		} else if errors.Is(err, backend.ErrUnreachable) {
-			l.unreachable[name] = skippedPeer{lease: lease, reason: err.Error()}
-		}
+// refreshRules re-reads the external interface's addresses for the peer
+// rules; when they changed, every peer is examined again.
+func (l *syncLoop) refreshRules() {
+	if l.localAddrs == nil {
 		return
 	}
-	delete(l.overlapping, name)
-	delete(l.unreachable, name)
-	verb := "Updating peer"
-	if _, ok := l.states[name]; !ok {
-		verb = "Adding peer"
+	prefixes, err := l.localAddrs()
+	if err != nil {
+		klog.ErrorS(err, "Could not read the external interface's addresses; keeping the previous ones")
+		return
 	}
-	kv := []any{"node", name}
-	if lease.Subnet.IsValid() {
-		kv = append(kv, "subnet", lease.Subnet, "publicIP", lease.Attrs.PublicIP)
+	local := []netip.Addr{l.own.Attrs.PublicIP, l.own.Attrs.PublicIPv6}
+	for _, p := range prefixes {
+		local = append(local, p.Addr())
 	}
-	if lease.IPv6Subnet.IsValid() {
-		kv = append(kv, "subnetIPv6", lease.IPv6Subnet, "publicIPv6", lease.Attrs.PublicIPv6)
+	local = slices.DeleteFunc(local, func(a netip.Addr) bool { return !a.IsValid() })
+	if slices.Equal(local, l.rules.Local) && slices.Equal(prefixes, l.rules.Segments) {
+		return
 	}
-	if l.started {
-		klog.InfoS(verb, kv...)
-	} else {
-		klog.V(2).InfoS(verb, kv...)
-	}
-	l.setState(lease, st)
+	l.rules.Local, l.rules.Segments = local, prefixes
+	l.peers.MarkAllDirty()
 }
 
-type overlapError struct{ msg string }
-
-func (e *overlapError) Error() string { return e.msg }
-
-// peerState checks that the peer's subnet overlaps neither this node's nor
-// a programmed peer's, then asks the backend for its state.
-func (l *syncLoop) peerState(peer subnet.Lease) (network.State, error) {
-	for _, pair := range [][2]netip.Prefix{{peer.Subnet, l.own.Subnet}, {peer.IPv6Subnet, l.own.IPv6Subnet}} {
-		sn, own := pair[0], pair[1]
-		if ip.Overlaps(sn, own) {
-			return network.State{}, &overlapError{fmt.Sprintf("its subnet %s overlaps this node's subnet %s", sn, own)}
+// reportEntries logs, counts and posts an Event for each kernel entry that
+// failed for the first time, and logs those that recovered.
+func (l *syncLoop) reportEntries(res network.Result) {
+	for _, f := range res.Failures {
+		reason, event, msg := "refused", "EntryRefused", "Kernel refused entry; retrying with backoff"
+		if f.Conflict {
+			reason, event, msg = "conflict", "EntryConflict", "Kernel entry conflicts with one flanneld does not own; leaving it alone"
 		}
-		if other, osn, ok := l.index.overlapping(peer.Name, sn); ok {
-			return network.State{}, &overlapError{fmt.Sprintf("its subnet %s overlaps the subnet %s of peer %s", sn, osn, other)}
-		}
+		klog.InfoS(msg, "kind", f.Kind, "entry", f.Entry, "peer", f.Owner, "err", f.Err)
+		l.metrics.EntryFailures.WithLabelValues(f.Kind, reason).Inc()
+		l.event(true, event, truncate(fmt.Sprintf("%s %s of peer %s: %v", f.Kind, f.Entry, f.Owner, f.Err), maxEventBytes))
 	}
-	return l.backend.PeerState(peer)
+	for _, f := range res.Recovered {
+		klog.InfoS("Programmed entry that had failed", "kind", f.Kind, "entry", f.Entry, "peer", f.Owner)
+	}
+	l.metrics.EntriesFailing.Set(float64(res.Failing))
 }

@@ -39,6 +39,14 @@ func peer(name, sn, pub string, data string) subnet.Lease {
 		Attrs: subnet.LeaseAttrs{PublicIP: netip.MustParseAddr(pub), BackendType: "fake", BackendData: json.RawMessage(data)}}
 }
 
+// testConfig is the network of the sync loop tests.
+var testConfig = &subnet.Config{EnableIPv4: true, Network: netip.MustParsePrefix("10.244.0.0/16")}
+
+// rulesFor are the peer rules of a node with lease own in testConfig.
+func rulesFor(own subnet.Lease) subnet.PeerRules {
+	return subnet.PeerRules{Config: testConfig, Own: own, Local: []netip.Addr{own.Attrs.PublicIP}}
+}
+
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
@@ -59,7 +67,7 @@ func TestSyncLoop(t *testing.T) {
 	peers := subnet.NewPeers()
 	status := health.NewStatus(time.Minute)
 	ready := make(chan struct{})
-	l := newSyncLoop(fakeBackend{}, network.NewReconciler(k), peers, peer("self", "10.244.1.0/24", "192.168.0.1", `{}`), time.Hour, status, metrics.New("test"))
+	l := newSyncLoop(fakeBackend{}, network.NewReconciler(k), peers, rulesFor(peer("self", "10.244.1.0/24", "192.168.0.1", `{}`)), time.Hour, status, metrics.New("test"))
 	l.onReady = func() { close(ready) }
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

@@ -34,7 +34,7 @@ func TestUnreachablePeerReexamined(t *testing.T) {
 	down := true
 	peers := subnet.NewPeers()
 	l := newSyncLoop(reachBackend{down: &down}, network.NewReconciler(kernel.NewFake()), peers,
-		peer("self", "10.244.1.0/24", "192.168.0.1", `{}`), time.Hour, health.NewStatus(time.Minute), metrics.New("test"))
+		rulesFor(peer("self", "10.244.1.0/24", "192.168.0.1", `{}`)), time.Hour, health.NewStatus(time.Minute), metrics.New("test"))
 	var events []string
 	l.event = func(_ bool, reason, _ string) { events = append(events, reason) }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/flanneld/flanneld/backend/hostgw"
 	"github.com/flanneld/flanneld/ip"
 	"github.com/flanneld/flanneld/network"
+	"github.com/flanneld/flanneld/pkg/daemon"
 	"github.com/flanneld/flanneld/pkg/kernel"
 	"github.com/flanneld/flanneld/subnet"
 )
@@ -39,6 +40,10 @@ type Inputs struct {
 	// existing device (AttachErr says why that failed).
 	Backend   backend.Backend
 	AttachErr error
+	// Segments are the external interface's addresses with their
+	// prefixes (the peer rules refuse their network and broadcast
+	// addresses as a peer's public IP).
+	Segments []netip.Prefix
 	// Devices are the backend's owned links as the kernel has them.
 	Devices []Device
 	// Peers are the peers' leases, sorted by name; Skipped the nodes the
@@ -269,14 +274,17 @@ func (b *builder) peers() error {
 	if b.attached() {
 		desired = b.in.Backend.Base()
 	}
-	var programmed []subnet.Lease
+	states, skipped := daemon.Admit(b.rules(), b.in.Backend, b.in.Peers)
 	for _, p := range b.in.Peers {
-		st, err := b.peerState(p, programmed)
-		if err != nil {
-			b.r.Skipped = append(b.r.Skipped, SkippedPeer{Name: p.Name, Subnet: prefixString(p.Subnet), Reason: err.Error()})
+		st, ok := states[p.Name]
+		if !ok {
+			reason := "not programmed"
+			if err := skipped[p.Name]; err != nil {
+				reason = err.Error()
+			}
+			b.r.Skipped = append(b.r.Skipped, SkippedPeer{Name: p.Name, Subnet: prefixString(p.Subnet), Reason: reason})
 			continue
 		}
-		programmed = append(programmed, p)
 		desired.Merge(st)
 		pr := PeerReport{Name: p.Name, Subnet: prefixString(p.Subnet), PublicIP: addrString(p.Attrs.PublicIP)}
 		for _, rt := range st.Routes {
@@ -330,19 +338,14 @@ func (b *builder) entry(kind, want, status string, have func() string) EntryRepo
 	return e
 }
 
-// peerState is the daemon's rule for a peer: its subnet must overlap
-// neither this node's nor a programmed peer's, and the backend must
-// accept its lease.
-func (b *builder) peerState(p subnet.Lease, programmed []subnet.Lease) (network.State, error) {
-	if ip.Overlaps(p.Subnet, b.in.Own.Subnet) {
-		return network.State{}, fmt.Errorf("its subnet %s overlaps this node's subnet %s", p.Subnet, b.in.Own.Subnet)
+// rules are the daemon's peer rules on this node.
+func (b *builder) rules() subnet.PeerRules {
+	local := []netip.Addr{b.in.Own.Attrs.PublicIP, b.in.Own.Attrs.PublicIPv6, b.in.Local.PublicIP, b.in.Local.PublicIPv6}
+	for _, p := range b.in.Segments {
+		local = append(local, p.Addr())
 	}
-	for _, o := range programmed {
-		if ip.Overlaps(p.Subnet, o.Subnet) {
-			return network.State{}, fmt.Errorf("its subnet %s overlaps the subnet %s of peer %s", p.Subnet, o.Subnet, o.Name)
-		}
-	}
-	return b.in.Backend.PeerState(p)
+	local = slices.DeleteFunc(local, func(a netip.Addr) bool { return !a.IsValid() })
+	return subnet.PeerRules{Config: b.in.Config, Own: b.in.Own, Local: local, Segments: b.in.Segments}
 }
 
 func (b *builder) firewall() error {

@@ -116,6 +116,9 @@ func Collect(ctx context.Context, o daemon.Options, probe bool) (Inputs, func(),
 		LinkName: linkNamer(h),
 		Env:      EnvInput{Path: o.SubnetFile},
 	}
+	if in.Segments, err = ip.LinkPrefixes(h, ext.Index); err != nil {
+		return Inputs{}, noop, err
+	}
 	in.AttachErr = be.Attach()
 	if in.AttachErr == nil {
 		if in.Devices, err = readDevices(h, be.Base().OwnedLinks); err != nil {

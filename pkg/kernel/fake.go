@@ -82,6 +82,21 @@ func (f *Fake) SetRoute(r Route) error {
 	return nil
 }
 
+// AddRoute implements Interface: it fails wrapping ErrExists when a route
+// to r.Dst exists.
+func (f *Fake) AddRoute(r Route) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.record("AddRoute " + r.String()); err != nil {
+		return err
+	}
+	if have, ok := f.Routes[r.Key()]; ok {
+		return fmt.Errorf("add route %s: the kernel has %s: %w", r, have, ErrExists)
+	}
+	f.Routes[r.Key()] = r
+	return nil
+}
+
 // DelRoute implements Interface.
 func (f *Fake) DelRoute(r Route) error {
 	f.mu.Lock()

@@ -109,6 +109,19 @@ func (k *Netlink) SetRoute(r Route) error {
 	return nil
 }
 
+// AddRoute adds the route to r.Dst unless the kernel has one (of any
+// protocol): that is another agent's, or one flanneld does not know it
+// installed, and is never replaced.
+func (k *Netlink) AddRoute(r Route) error {
+	if err := k.h.RouteAdd(toNetlinkRoute(r)); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("add route %s: the kernel has another route to %s: %w", r, r.Dst, ErrExists)
+		}
+		return fmt.Errorf("add route %s: %w", r, err)
+	}
+	return nil
+}
+
 // DelRoute deletes the route to r.Dst.
 func (k *Netlink) DelRoute(r Route) error {
 	nr := toNetlinkRoute(r)

@@ -123,12 +123,19 @@ func (f FDB) String() string {
 // ErrNotFound is returned (wrapped) when an object to delete does not exist.
 var ErrNotFound = errors.New("not found")
 
+// ErrExists is returned (wrapped) by AddRoute when the kernel already has a
+// route to the destination.
+var ErrExists = errors.New("an entry flanneld does not own is in the way")
+
 // Interface is the part of the kernel the reconciler programs. Set calls
 // replace an existing entry with the same key; Del calls return an error
 // wrapping ErrNotFound when the entry is already gone.
 type Interface interface {
 	// ListRoutes returns the IPv4 and IPv6 unicast routes of the main table.
 	ListRoutes() ([]Route, error)
+	// AddRoute adds a route, failing with an error wrapping ErrExists
+	// when one to r.Dst exists (it is never replaced).
+	AddRoute(Route) error
 	SetRoute(Route) error
 	DelRoute(Route) error
 

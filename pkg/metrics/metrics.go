@@ -11,6 +11,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/flanneld/flanneld/subnet"
 )
 
 const namespace = "flanneld"
@@ -25,6 +27,15 @@ type Metrics struct {
 	PeersKnown      prometheus.Gauge
 	PeersProgrammed prometheus.Gauge
 	PeersSkipped    prometheus.Gauge
+	// PeersRejected counts peers skipped, each time for a new reason, by
+	// reason (subnet.SkipReasons).
+	PeersRejected *prometheus.CounterVec
+	// EntryFailures counts kernel entries that failed, once per failure,
+	// by kind (route, neighbour, fdb) and reason: "refused" (the kernel
+	// said no) or "conflict" (another agent's entry holds the key).
+	// EntriesFailing is how many are failing now (retried with backoff).
+	EntryFailures  *prometheus.CounterVec
+	EntriesFailing prometheus.Gauge
 
 	// SyncPasses and SyncDuration are labelled by kind: "full" or
 	// "incremental"; SyncErrors counts failed passes.
@@ -62,6 +73,12 @@ func New(version string) *Metrics {
 			Help: "Peers whose kernel entries are programmed."}),
 		PeersSkipped: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "peers_skipped",
 			Help: "Peers skipped because their lease is unusable (see the logs and the Node's events)."}),
+		PeersRejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "peers_rejected_total",
+			Help: "Peers skipped, counted once per peer and reason, by reason."}, []string{"reason"}),
+		EntryFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "entry_failures_total",
+			Help: "Kernel entries that could not be applied (then retried with backoff), by kind and reason (refused, conflict)."}, []string{"kind", "reason"}),
+		EntriesFailing: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "entries_failing",
+			Help: "Kernel entries failing now, retried with backoff."}),
 		SyncPasses: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "sync_passes_total",
 			Help: "Reconcile passes, by kind (full or incremental)."}, []string{"kind"}),
 		SyncDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: "sync_duration_seconds",
@@ -86,7 +103,7 @@ func New(version string) *Metrics {
 		Help:        "Build information: always 1.",
 		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()}})
 	buildInfo.Set(1)
-	m.Registry.MustRegister(buildInfo, m.PeersKnown, m.PeersProgrammed, m.PeersSkipped,
+	m.Registry.MustRegister(buildInfo, m.PeersKnown, m.PeersProgrammed, m.PeersSkipped, m.PeersRejected, m.EntryFailures, m.EntriesFailing,
 		m.SyncPasses, m.SyncDuration, m.SyncErrors, m.LastSync, m.DriftRepairs,
 		m.Lease, m.LeaseExpiry, m.WatchEvents, m.LastWatchSync,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -97,6 +114,14 @@ func New(version string) *Metrics {
 	}
 	for _, k := range DriftKinds {
 		m.DriftRepairs.WithLabelValues(k)
+	}
+	for _, r := range subnet.SkipReasons {
+		m.PeersRejected.WithLabelValues(string(r))
+	}
+	for _, k := range []string{"route", "neighbour", "fdb"} {
+		for _, r := range []string{"refused", "conflict"} {
+			m.EntryFailures.WithLabelValues(k, r)
+		}
 	}
 	for _, t := range []string{"add", "update", "delete"} {
 		m.WatchEvents.WithLabelValues(t)

@@ -484,11 +484,11 @@ func TestChooseSubnetFamilyChanged(t *testing.T) {
 	}
 }
 
-// TestChooseSubnetHugeIPv6Range: a range of 2^64 subnets (and one of
-// 2^124) is never enumerated, and the choice is random.
+// TestChooseSubnetHugeIPv6Range: a range of 2^63 subnets (and one of
+// 2^118) is never enumerated, and the choice is random.
 func TestChooseSubnetHugeIPv6Range(t *testing.T) {
 	for _, conf := range []string{
-		`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/0","IPv6SubnetLen":64,"IPv6SubnetMin":"::","IPv6SubnetMax":"ffff:ffff:ffff:ffff::"}`,
+		`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"8000::/1","IPv6SubnetLen":64,"IPv6SubnetMin":"8000::","IPv6SubnetMax":"ffff:ffff:ffff:ffff::"}`,
 		`{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/8","IPv6SubnetLen":126}`,
 	} {
 		c := etcdConfig(t, conf)

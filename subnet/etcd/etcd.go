@@ -277,7 +277,7 @@ func (s *Source) listAll(ctx context.Context) ([]existing, map[string]int64, err
 		all = all[:0]
 		for _, kv := range resp.Kvs {
 			name := strings.TrimPrefix(string(kv.Key), s.subnetsKey())
-			l, err := leaseFromKV(name, kv.Value)
+			l, err := leaseFromKV(name, kv.Value, kv.CreateRevision)
 			if err != nil {
 				// Still occupies its subnet, if the key names one.
 				if l.Subnet, l.IPv6Subnet, err = parseKeyName(name); err != nil {

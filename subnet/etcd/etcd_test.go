@@ -421,7 +421,7 @@ func watchPeers(ctx context.Context, p *subnet.Peers) *peerView {
 			changed, _ := p.Drain()
 			v.mu.Lock()
 			for name, l := range changed {
-				if l == nil {
+				if l == nil || l.Err != nil { // deleted, or known but unusable
 					delete(v.m, name)
 				} else {
 					v.m[name] = *l

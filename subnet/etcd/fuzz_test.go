@@ -22,7 +22,7 @@ func FuzzLeaseFromKV(f *testing.F) {
 		f.Add(s.name, []byte(s.value))
 	}
 	f.Fuzz(func(t *testing.T, name string, data []byte) {
-		l, err := leaseFromKV(name, data)
+		l, err := leaseFromKV(name, data, 1)
 		if err != nil {
 			return
 		}
@@ -54,7 +54,7 @@ func FuzzLeaseFromKV(f *testing.F) {
 		if err != nil {
 			t.Fatalf("marshalValue(%+v): %v", l.Attrs, err)
 		}
-		l2, err := leaseFromKV(name2, value)
+		l2, err := leaseFromKV(name2, value, 1)
 		if err != nil {
 			t.Fatalf("written back as %q %s, the lease does not read: %v", name2, value, err)
 		}

@@ -42,20 +42,23 @@ func prefixToKey(p netip.Prefix) string {
 func keyToPrefix(s string) (netip.Prefix, error) {
 	i := strings.LastIndexByte(s, '-')
 	if i < 0 {
-		return netip.Prefix{}, fmt.Errorf("lease key %q is not <address>-<length>", s)
+		return netip.Prefix{}, fmt.Errorf("lease key %s is not <address>-<length>", subnet.Quote(s))
 	}
 	p, err := netip.ParsePrefix(s[:i] + "/" + s[i+1:])
-	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("lease key %q: %w", s, err)
+	if err != nil || p.Addr().Zone() != "" {
+		return netip.Prefix{}, fmt.Errorf("lease key %s is not <address>-<length>", subnet.Quote(s))
 	}
 	if p.Masked() != p {
-		return netip.Prefix{}, fmt.Errorf("lease key %q is not a network address", s)
+		return netip.Prefix{}, fmt.Errorf("lease key %s is not a network address", subnet.Quote(s))
 	}
 	return p, nil
 }
 
 // parseKeyName reads the subnets of a lease key's last element.
 func parseKeyName(name string) (v4, v6 netip.Prefix, err error) {
+	if len(name) > subnet.MaxNameBytes {
+		return v4, v6, fmt.Errorf("lease key %s is longer than %d bytes", subnet.Quote(name), subnet.MaxNameBytes)
+	}
 	for _, part := range strings.Split(name, "&") {
 		p, err := keyToPrefix(part)
 		if err != nil {
@@ -66,26 +69,31 @@ func parseKeyName(name string) (v4, v6 netip.Prefix, err error) {
 			family = &v4
 		}
 		if family.IsValid() {
-			return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("lease key %q names two subnets of one family", name)
+			return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("lease key %s names two subnets of one family", subnet.Quote(name))
 		}
 		*family = p
 	}
 	if !v4.IsValid() && !v6.IsValid() {
-		return v4, v6, fmt.Errorf("lease key %q names no subnet", name)
+		return v4, v6, fmt.Errorf("lease key %s names no subnet", subnet.Quote(name))
 	}
 	return v4, v6, nil
 }
 
-// leaseFromKV reads one lease key and its value.
-func leaseFromKV(name string, data []byte) (subnet.Lease, error) {
-	l := subnet.Lease{Name: name}
+// leaseFromKV reads one lease key and its value; created is the key's
+// create revision. A value longer than subnet.MaxLeaseValueBytes is refused
+// unread.
+func leaseFromKV(name string, data []byte, created int64) (subnet.Lease, error) {
+	l := subnet.Lease{Name: name, Created: created}
 	var err error
 	if l.Subnet, l.IPv6Subnet, err = parseKeyName(name); err != nil {
 		return l, err
 	}
+	if len(data) > subnet.MaxLeaseValueBytes {
+		return l, fmt.Errorf("lease %s has a value of %d bytes, more than the %d a lease can need", name, len(data), subnet.MaxLeaseValueBytes)
+	}
 	var v value
 	if err := json.Unmarshal(data, &v); err != nil {
-		return l, fmt.Errorf("lease %s has a malformed value: %w", name, err)
+		return l, fmt.Errorf("lease %s has a malformed value %s: %w", name, subnet.Quote(string(data)), err)
 	}
 	parse := func(s *string, want4 bool) (netip.Addr, error) {
 		if s == nil || *s == "" {
@@ -93,7 +101,7 @@ func leaseFromKV(name string, data []byte) (subnet.Lease, error) {
 		}
 		a, err := netip.ParseAddr(*s)
 		if err != nil || a.Is4() != want4 {
-			return netip.Addr{}, fmt.Errorf("lease %s has a malformed public IP %q", name, *s)
+			return netip.Addr{}, fmt.Errorf("lease %s has a malformed public IP %s", name, subnet.Quote(*s))
 		}
 		return a, nil
 	}

@@ -76,7 +76,7 @@ func TestParseKeyNameMalformed(t *testing.T) {
 		if v4, v6, err := parseKeyName(name); err == nil {
 			t.Errorf("parseKeyName(%q) = %v, %v; want an error", name, v4, v6)
 		}
-		if _, err := leaseFromKV(name, []byte(`{"PublicIP":"192.168.100.11"}`)); err == nil {
+		if _, err := leaseFromKV(name, []byte(`{"PublicIP":"192.168.100.11"}`), 1); err == nil {
 			t.Errorf("leaseFromKV(%q) accepted a malformed key", name)
 		}
 	}
@@ -139,7 +139,7 @@ func TestMarshalValueVariants(t *testing.T) {
 }
 
 func TestLeaseFromKVUpstream(t *testing.T) {
-	l, err := leaseFromKV("10.244.1.0-24", []byte(upstreamVXLAN))
+	l, err := leaseFromKV("10.244.1.0-24", []byte(upstreamVXLAN), 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,7 +202,7 @@ func TestLeaseFromKVVariants(t *testing.T) {
 				BackendData: json.RawMessage("null")}},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
-			l, err := leaseFromKV(tc.key, []byte(tc.value))
+			l, err := leaseFromKV(tc.key, []byte(tc.value), 1)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -224,7 +224,7 @@ func TestLeaseFromKVMalformedValue(t *testing.T) {
 		`{"PublicIP":"192.168.100.11","BackendData":{`,
 		`{"PublicIP":"192.168.100.11","BackendType":7}`,
 	} {
-		_, err := leaseFromKV("10.244.1.0-24", []byte(value))
+		_, err := leaseFromKV("10.244.1.0-24", []byte(value), 1)
 		if err == nil {
 			t.Errorf("leaseFromKV accepted value %q", value)
 			continue

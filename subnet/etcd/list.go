@@ -35,7 +35,7 @@ func (s *Source) ListLeases(ctx context.Context) (Snapshot, error) {
 	}
 	for _, kv := range resp.Kvs {
 		name := strings.TrimPrefix(string(kv.Key), s.subnetsKey())
-		l, err := leaseFromKV(name, kv.Value)
+		l, err := leaseFromKV(name, kv.Value, kv.CreateRevision)
 		switch {
 		case err != nil:
 			snap.Skipped[name] = err

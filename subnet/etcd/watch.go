@@ -36,7 +36,7 @@ func (s *Source) watchLeases(ctx context.Context, peers *subnet.Peers) {
 			for _, kv := range resp.Kvs {
 				name := strings.TrimPrefix(string(kv.Key), s.subnetsKey())
 				seen[name] = true
-				s.applyPut(name, kv.Value, peers)
+				s.applyPut(name, kv.Value, kv.CreateRevision, peers)
 			}
 			for name := range known {
 				if !seen[name] {
@@ -86,7 +86,7 @@ func (s *Source) watchFrom(ctx context.Context, rev int64, peers *subnet.Peers, 
 			case clientv3.EventTypePut:
 				s.watchEvent(map[bool]string{true: "add", false: "update"}[ev.IsCreate()])
 				known[name] = true
-				s.applyPut(name, ev.Kv.Value, peers)
+				s.applyPut(name, ev.Kv.Value, ev.Kv.CreateRevision, peers)
 			case clientv3.EventTypeDelete:
 				s.watchEvent("delete")
 				delete(known, name)
@@ -111,17 +111,21 @@ func (s *Source) isOwnLocked(name string) bool {
 // update peers, so that acquire (which takes a key and removes it from
 // peers under s.mu) cannot interleave: a watch event for the key being
 // acquired is applied either entirely before, or entirely after.
-func (s *Source) applyPut(name string, data []byte, peers *subnet.Peers) {
+func (s *Source) applyPut(name string, data []byte, created int64, peers *subnet.Peers) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.isOwnLocked(name) {
 		return
 	}
-	l, err := leaseFromKV(name, data)
-	if err != nil {
-		klog.InfoS("Skipping peer with an unusable lease", "lease", name, "err", err)
-		peers.Delete(name)
+	if len(name) > subnet.MaxNameBytes {
+		// Not a lease key; not even worth a peer's name in logs and maps.
+		klog.InfoS("Ignoring a key under the subnets prefix that is too long to be a lease", "key", subnet.Quote(name), "bytes", len(name))
 		return
+	}
+	l, err := leaseFromKV(name, data, created)
+	if err != nil {
+		// Known but unusable: the sync loop reports it and programs none of it.
+		l = subnet.Lease{Name: name, Created: created, Err: &subnet.PeerError{Reason: subnet.SkipMalformed, Err: err}}
 	}
 	peers.Set(l)
 }

@@ -258,9 +258,8 @@ func (s *Source) onNode(obj any, peers *subnet.Peers) {
 	}
 	l, err := s.ann.leaseFromNode(n)
 	if err != nil {
-		klog.InfoS("Skipping peer with unusable annotations", "node", n.Name, "err", err)
-		peers.Delete(n.Name)
-		return
+		// Known but unusable: the sync loop reports it and programs none of it.
+		l = subnet.Lease{Name: n.Name, Created: l.Created, Err: &subnet.PeerError{Reason: subnet.SkipMalformed, Err: err}}
 	}
 	peers.Set(l)
 }

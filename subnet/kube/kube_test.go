@@ -160,7 +160,7 @@ func newPeerMirror(p *subnet.Peers) *peerMirror {
 func (m *peerMirror) drain() {
 	changed, synced := m.peers.Drain()
 	for name, l := range changed {
-		if l == nil {
+		if l == nil || l.Err != nil { // deleted, or known but unusable
 			delete(m.leases, name)
 		} else {
 			m.leases[name] = *l

@@ -51,29 +51,44 @@ func NewAnnotations(prefix string) Annotations {
 	}
 }
 
+// keys are the annotation keys flanneld reads.
+func (a Annotations) keys() []string {
+	return []string{a.SubnetManager, a.BackendType, a.BackendData, a.BackendV6Data, a.PublicIP, a.PublicIPv6,
+		a.PublicIPOverwrite, a.PublicIPv6Overwrite, a.NodePublicIP, a.NodePublicIPv6}
+}
+
 // stripNode keeps only what flanneld reads of a Node, so that the cache of a
 // 5,000-node cluster holds a few hundred bytes per node instead of the whole
-// object (status, images, managed fields, labels).
+// object (status, images, managed fields, labels): of the annotations only
+// the keys flanneld reads, each cut to one byte more than
+// subnet.MaxAnnotationBytes (enough to tell it is too long), so a Node
+// whose annotations fill the API server's 256 KiB costs a few KiB at most.
 func (a Annotations) stripNode(obj any) (any, error) {
 	n, ok := obj.(*v1.Node)
 	if !ok {
 		return obj, nil
 	}
 	var ann map[string]string
-	for k, v := range n.Annotations {
-		if strings.HasPrefix(k, a.prefix) {
-			if ann == nil {
-				ann = make(map[string]string, 8)
-			}
-			ann[k] = v
+	for _, k := range a.keys() {
+		v, ok := n.Annotations[k]
+		if !ok {
+			continue
 		}
+		if ann == nil {
+			ann = make(map[string]string, 8)
+		}
+		if len(v) > subnet.MaxAnnotationBytes {
+			v = strings.Clone(v[:subnet.MaxAnnotationBytes+1])
+		}
+		ann[k] = v
 	}
 	return &v1.Node{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:            n.Name,
-			UID:             n.UID,
-			ResourceVersion: n.ResourceVersion,
-			Annotations:     ann,
+			Name:              n.Name,
+			UID:               n.UID,
+			ResourceVersion:   n.ResourceVersion,
+			CreationTimestamp: n.CreationTimestamp,
+			Annotations:       ann,
 		},
 		Spec: v1.NodeSpec{PodCIDR: n.Spec.PodCIDR, PodCIDRs: n.Spec.PodCIDRs},
 	}, nil
@@ -85,10 +100,16 @@ func podCIDRs(n *v1.Node) (v4, v6 netip.Prefix, err error) {
 	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
 		cidrs = []string{n.Spec.PodCIDR}
 	}
+	if len(cidrs) > 2 {
+		return v4, v6, fmt.Errorf("node %s has %d podCIDRs, at most one per address family is possible", n.Name, len(cidrs))
+	}
 	for _, c := range cidrs {
 		p, perr := netip.ParsePrefix(c)
 		if perr != nil {
-			return v4, v6, fmt.Errorf("node %s has a malformed podCIDR %q: %w", n.Name, c, perr)
+			return v4, v6, fmt.Errorf("node %s has a malformed podCIDR %s", n.Name, subnet.Quote(c))
+		}
+		if p.Addr().Zone() != "" {
+			return v4, v6, fmt.Errorf("node %s has a podCIDR with a zone %s", n.Name, subnet.Quote(c))
 		}
 		if p.Addr().Is4() {
 			v4 = p.Masked()
@@ -99,14 +120,24 @@ func podCIDRs(n *v1.Node) (v4, v6 netip.Prefix, err error) {
 	return v4, v6, nil
 }
 
+// annotation returns the value of a flannel annotation of n, or an error
+// when it is longer than subnet.MaxAnnotationBytes.
+func annotation(n *v1.Node, key string) (string, error) {
+	v := n.Annotations[key]
+	if len(v) > subnet.MaxAnnotationBytes {
+		return "", fmt.Errorf("node %s has a %s annotation longer than %d bytes: %s", n.Name, key, subnet.MaxAnnotationBytes, subnet.Quote(v))
+	}
+	return v, nil
+}
+
 func parseAddrAnnotation(n *v1.Node, key string, want4 bool) (netip.Addr, error) {
-	s, ok := n.Annotations[key]
-	if !ok || s == "" {
-		return netip.Addr{}, nil
+	s, err := annotation(n, key)
+	if err != nil || s == "" {
+		return netip.Addr{}, err
 	}
 	a, err := netip.ParseAddr(s)
 	if err != nil || a.Is4() != want4 || a.Zone() != "" {
-		return netip.Addr{}, fmt.Errorf("node %s has a malformed %s annotation %q", n.Name, key, s)
+		return netip.Addr{}, fmt.Errorf("node %s has a malformed %s annotation %s", n.Name, key, subnet.Quote(s))
 	}
 	return a, nil
 }
@@ -115,9 +146,12 @@ func parseAddrAnnotation(n *v1.Node, key string, want4 bool) (netip.Addr, error)
 func (a Annotations) isManaged(n *v1.Node) bool { return n.Annotations[a.SubnetManager] == "true" }
 
 // leaseFromNode reads a node's lease. Backend data is validated by the
-// backend, not here.
+// backend, not here; the lease's Created is the Node's creationTimestamp.
 func (a Annotations) leaseFromNode(n *v1.Node) (subnet.Lease, error) {
-	l := subnet.Lease{Name: n.Name}
+	l := subnet.Lease{Name: n.Name, Created: n.CreationTimestamp.Unix()}
+	if n.CreationTimestamp.IsZero() {
+		l.Created = 0
+	}
 	var err error
 	if l.Subnet, l.IPv6Subnet, err = podCIDRs(n); err != nil {
 		return l, err
@@ -131,12 +165,17 @@ func (a Annotations) leaseFromNode(n *v1.Node) (subnet.Lease, error) {
 	if l.Attrs.PublicIPv6, err = parseAddrAnnotation(n, a.PublicIPv6, false); err != nil {
 		return l, err
 	}
-	l.Attrs.BackendType = n.Annotations[a.BackendType]
-	if d := n.Annotations[a.BackendData]; d != "" {
-		l.Attrs.BackendData = json.RawMessage(d)
+	if l.Attrs.BackendType, err = annotation(n, a.BackendType); err != nil {
+		return l, err
 	}
-	if d := n.Annotations[a.BackendV6Data]; d != "" {
-		l.Attrs.BackendV6Data = json.RawMessage(d)
+	for key, dst := range map[string]*json.RawMessage{a.BackendData: &l.Attrs.BackendData, a.BackendV6Data: &l.Attrs.BackendV6Data} {
+		d, err := annotation(n, key)
+		if err != nil {
+			return l, err
+		}
+		if d != "" {
+			*dst = json.RawMessage(d)
+		}
 	}
 	return l, nil
 }

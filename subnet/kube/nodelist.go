@@ -7,7 +7,10 @@ import (
 
 	"google.golang.org/protobuf/encoding/protowire"
 	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/flanneld/flanneld/subnet"
 )
 
 // A Node list of a large cluster is mostly what flanneld never reads:
@@ -30,10 +33,13 @@ const (
 	nodeMetadata = 1 // Node: ObjectMeta
 	nodeSpec     = 2 // Node: NodeSpec
 
-	objectMetaName            = 1
-	objectMetaUID             = 5
-	objectMetaResourceVersion = 6
-	objectMetaAnnotations     = 12 // map<string, string>
+	objectMetaName              = 1
+	objectMetaUID               = 5
+	objectMetaResourceVersion   = 6
+	objectMetaCreationTimestamp = 8  // Time
+	objectMetaAnnotations       = 12 // map<string, string>
+
+	timeSeconds = 1
 
 	mapEntryKey   = 1
 	mapEntryValue = 2
@@ -48,8 +54,10 @@ var protobufMagic = []byte("k8s\x00")
 func isProtobuf(body []byte) bool { return bytes.HasPrefix(body, protobufMagic) }
 
 // decodeNodeList decodes an API server protobuf response holding a NodeList,
-// keeping of each Node its name, UID, resourceVersion, annotations and
-// podCIDRs.
+// keeping of each Node its name, UID, resourceVersion, creationTimestamp,
+// annotations and podCIDRs. An annotation value longer than
+// subnet.MaxAnnotationBytes is kept cut to one byte more, enough to tell
+// that it is too long: a Node's annotations may take 256 KiB.
 func decodeNodeList(body []byte) (*v1.NodeList, error) {
 	if !isProtobuf(body) {
 		return nil, errors.New("decode node list: not a protobuf response")
@@ -139,6 +147,14 @@ func decodeObjectMeta(b []byte, n *v1.Node) error {
 			n.UID = types.UID(v)
 		case objectMetaResourceVersion:
 			n.ResourceVersion = string(v)
+		case objectMetaCreationTimestamp:
+			return eachField(v, func(num protowire.Number, typ protowire.Type, v []byte) error {
+				if num == timeSeconds && typ == protowire.VarintType {
+					secs, _ := protowire.ConsumeVarint(v)
+					n.CreationTimestamp = metav1.Unix(int64(secs), 0)
+				}
+				return nil
+			})
 		case objectMetaAnnotations:
 			var key, value string
 			err := eachField(v, func(num protowire.Number, typ protowire.Type, v []byte) error {
@@ -147,7 +163,7 @@ func decodeObjectMeta(b []byte, n *v1.Node) error {
 				case num == mapEntryKey:
 					key = string(v)
 				case num == mapEntryValue:
-					value = string(v)
+					value = string(v[:min(len(v), subnet.MaxAnnotationBytes+1)])
 				}
 				return nil
 			})
