@@ -128,8 +128,8 @@ func TestBadOwnConfig(t *testing.T) {
 // overlapping the node's own or another peer's, and a Node without any
 // annotation. Each must be skipped with a warning naming it, without a
 // panic, while every other peer stays programmed and pods ping; for two
-// overlapping peers the one programmed first is kept (at start-up, the one
-// whose name sorts first). A peer whose data is fixed is programmed.
+// overlapping peers the older one (by creationTimestamp) is kept, the one
+// programmed first between equals. A peer whose data is fixed is programmed.
 func TestBadPeers(t *testing.T) {
 	lab.RequireRoot(t)
 	lab.RequireBinary(t, lab.BinaryFlanneld)
@@ -281,18 +281,20 @@ func TestBadPeers(t *testing.T) {
 
 	t.Run("at start-up", func(t *testing.T) {
 		n1.Flanneld().Stop()
-		// Created while n1 is down: at n1's start the name sorting first
-		// wins; n2, running, keeps the one it saw first.
+		// Created while n1 is down, st-b a second before st-a: at n1's
+		// start the older one wins although the other's name sorts
+		// first, so n1 agrees with n2, which saw st-b first.
 		stB := peer{Name: "st-b", PodCIDR: "10.244.30.0/24", PublicIP: fakePublicIP(30), MAC: fakeMAC(30)}
 		stA := peer{Name: "st-a", PodCIDR: "10.244.30.0/23", PublicIP: fakePublicIP(31), MAC: fakeMAC(31)}
 		createFakePeer(t, l, stB)
 		lab.WaitFor(t, "n2 to program st-b", convergeTimeout, func() error { return checkEntry(n2.Netns, "route", stB) })
+		time.Sleep(1100 * time.Millisecond) // creationTimestamp has a resolution of one second
 		createFakePeer(t, l, stA)
 
 		p := l.StartFlanneld(t, n1)
 		n1.WaitReady(t, readyTimeout)
 		want := map[*lab.Node]peerState{
-			n1: stateFor(peer2, good, ovA, fixed, stA),
+			n1: stateFor(peer2, good, ovA, fixed, stB),
 			n2: stateFor(peer1, good, ovA, fixed, stB),
 		}
 		for _, n := range nodes {
@@ -300,7 +302,7 @@ func TestBadPeers(t *testing.T) {
 				t.Errorf("%s: %v", n.Name, err)
 			}
 		}
-		for _, b := range append(bad, badPeer{peer: ovB, mustWarn: true}, badPeer{peer: stB, mustWarn: true}) {
+		for _, b := range append(bad, badPeer{peer: ovB, mustWarn: true}, badPeer{peer: stA, mustWarn: true}) {
 			if b.Name == fixed.Name {
 				continue
 			}

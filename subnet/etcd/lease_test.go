@@ -3,6 +3,7 @@ package etcd
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -244,5 +245,24 @@ func assertLeaseEqual(t *testing.T, got, want subnet.Lease) {
 		!bytes.Equal(got.Attrs.BackendV6Data, want.Attrs.BackendV6Data) {
 		t.Errorf("lease:\n got %+v (data %s, v6 data %s)\nwant %+v (data %s, v6 data %s)",
 			got, got.Attrs.BackendData, got.Attrs.BackendV6Data, want, want.Attrs.BackendData, want.Attrs.BackendV6Data)
+	}
+}
+
+// A lease value longer than subnet.MaxLeaseValueBytes is refused unread,
+// and a malformed one is quoted in a bounded way.
+func TestLeaseFromKVOversized(t *testing.T) {
+	big := `{"PublicIP":"192.168.100.11","BackendType":"vxlan","BackendData":"` + strings.Repeat("x", 10<<20) + `"}`
+	_, err := leaseFromKV("10.244.1.0-24", []byte(big), 5)
+	if err == nil || len(err.Error()) > 300 || !strings.Contains(err.Error(), "more than the 16384") {
+		t.Fatalf("10 MB value: %.300v (%d bytes)", err, len(fmt.Sprint(err)))
+	}
+	bad := strings.Repeat("{", 16000)
+	_, err = leaseFromKV("10.244.1.0-24", []byte(bad), 5)
+	if err == nil || len(err.Error()) > 600 {
+		t.Fatalf("malformed value: %.300v (%d bytes)", err, len(fmt.Sprint(err)))
+	}
+	l, err := leaseFromKV("10.244.1.0-24", []byte(`{"PublicIP":"192.168.100.11"}`), 42)
+	if err != nil || l.Created != 42 {
+		t.Fatalf("lease %+v, %v; want Created 42", l, err)
 	}
 }

@@ -85,11 +85,12 @@ func TestStripNode(t *testing.T) {
 	full := &v1.Node{
 		TypeMeta: metav1.TypeMeta{Kind: "Node", APIVersion: "v1"},
 		ObjectMeta: metav1.ObjectMeta{
-			Name:            "n1",
-			UID:             "uid-1",
-			ResourceVersion: "42",
-			Generation:      7,
-			Labels:          map[string]string{"kubernetes.io/hostname": "n1"},
+			Name:              "n1",
+			UID:               "uid-1",
+			ResourceVersion:   "42",
+			CreationTimestamp: metav1.Unix(1700000000, 0),
+			Generation:        7,
+			Labels:            map[string]string{"kubernetes.io/hostname": "n1"},
 			Annotations: map[string]string{
 				annManaged:                     "true",
 				annBackendData:                 vxlanData,
@@ -97,6 +98,8 @@ func TestStripNode(t *testing.T) {
 				"node.alpha.kubernetes.io/ttl": "0",
 				"flannel.alpha.coreos.com.evil/public-ip": "198.51.100.1", // not under the prefix
 				"flannel.alpha.coreos.comx":               "x",
+				"flannel.alpha.coreos.com/junk":           strings.Repeat("j", 200000), // under the prefix, never read
+				annBackendType:                            strings.Repeat("v", 250000), // read, but too long
 			},
 			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubelet"}},
 			Finalizers:    []string{"f"},
@@ -115,13 +118,16 @@ func TestStripNode(t *testing.T) {
 	}
 	want := &v1.Node{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:            "n1",
-			UID:             "uid-1",
-			ResourceVersion: "42",
+			Name:              "n1",
+			UID:               "uid-1",
+			ResourceVersion:   "42",
+			CreationTimestamp: metav1.Unix(1700000000, 0),
 			Annotations: map[string]string{
 				annManaged:     "true",
 				annBackendData: vxlanData,
 				annOverwrite:   "203.0.113.1",
+				// Cut to one byte more than is ever read: still too long.
+				annBackendType: strings.Repeat("v", subnet.MaxAnnotationBytes+1),
 			},
 		},
 		Spec: v1.NodeSpec{PodCIDR: "10.244.1.0/24", PodCIDRs: []string{"10.244.1.0/24", "fd00:0:0:1::/64"}},
@@ -526,4 +532,26 @@ func addrString(a netip.Addr) string {
 		return ""
 	}
 	return a.String()
+}
+
+// A peer's annotation longer than subnet.MaxAnnotationBytes makes it
+// malformed, and the error quotes only a bounded part of it.
+func TestLeaseFromNodeOversized(t *testing.T) {
+	for _, key := range []string{annBackendData, annBackendType, annPublicIP} {
+		ann := map[string]string{annManaged: "true", annBackendType: "vxlan", annBackendData: vxlanData, annPublicIP: "192.168.100.12"}
+		ann[key] = strings.Repeat("x", 250000)
+		n := makeNode("fat", ann, "10.244.2.0/24")
+		n.CreationTimestamp = metav1.Unix(1700000000, 0)
+		stripped, _ := defaultAnn.stripNode(n)
+		l, err := defaultAnn.leaseFromNode(stripped.(*v1.Node))
+		if err == nil {
+			t.Fatalf("%s of 250 KB accepted", key)
+		}
+		if len(err.Error()) > 2*subnet.MaxQuoteBytes+200 || !strings.Contains(err.Error(), "longer than 4096 bytes") {
+			t.Errorf("%s: error of %d bytes: %.300s", key, len(err.Error()), err)
+		}
+		if l.Created != 1700000000 {
+			t.Errorf("Created = %d, want the creationTimestamp", l.Created)
+		}
+	}
 }

@@ -3,7 +3,9 @@ package kube
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"reflect"
+	"strings"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
@@ -11,6 +13,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer/protobuf"
+
+	"github.com/flanneld/flanneld/subnet"
 )
 
 // kubeletNode is a Node as a kubelet fills it in, with the annotations of
@@ -19,10 +23,11 @@ func kubeletNode(i int) v1.Node {
 	n := v1.Node{
 		TypeMeta: metav1.TypeMeta{Kind: "Node", APIVersion: "v1"},
 		ObjectMeta: metav1.ObjectMeta{
-			Name:            fmt.Sprintf("node-%d", i),
-			UID:             "uid-1",
-			ResourceVersion: fmt.Sprint(1000 + i),
-			Labels:          map[string]string{"kubernetes.io/os": "linux", "kubernetes.io/hostname": "node"},
+			Name:              fmt.Sprintf("node-%d", i),
+			UID:               "uid-1",
+			ResourceVersion:   fmt.Sprint(1000 + i),
+			CreationTimestamp: metav1.Unix(int64(1700000000+i), 0),
+			Labels:            map[string]string{"kubernetes.io/os": "linux", "kubernetes.io/hostname": "node"},
 			Annotations: map[string]string{
 				"node.alpha.kubernetes.io/ttl":                 "0",
 				"flannel.alpha.coreos.com/kube-subnet-manager": "true",
@@ -70,6 +75,7 @@ func TestDecodeNodeList(t *testing.T) {
 		list.Items = append(list.Items, kubeletNode(i))
 	}
 	list.Items = append(list.Items, v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "bare"}})
+	list.Items[1].Annotations["flannel.alpha.coreos.com/backend-data"] = strings.Repeat("d", 255000)
 	got, err := decodeNodeList(encodeProtobuf(t, list))
 	if err != nil {
 		t.Fatal(err)
@@ -83,8 +89,12 @@ func TestDecodeNodeList(t *testing.T) {
 	for i := range list.Items {
 		want := list.Items[i]
 		want = v1.Node{
-			ObjectMeta: metav1.ObjectMeta{Name: want.Name, UID: want.UID, ResourceVersion: want.ResourceVersion, Annotations: want.Annotations},
-			Spec:       v1.NodeSpec{PodCIDR: want.Spec.PodCIDR, PodCIDRs: want.Spec.PodCIDRs},
+			ObjectMeta: metav1.ObjectMeta{Name: want.Name, UID: want.UID, ResourceVersion: want.ResourceVersion,
+				CreationTimestamp: want.CreationTimestamp, Annotations: maps.Clone(want.Annotations)},
+			Spec: v1.NodeSpec{PodCIDR: want.Spec.PodCIDR, PodCIDRs: want.Spec.PodCIDRs},
+		}
+		if i == 1 { // an oversized value is kept cut, just long enough to be refused
+			want.Annotations["flannel.alpha.coreos.com/backend-data"] = strings.Repeat("d", subnet.MaxAnnotationBytes+1)
 		}
 		if !reflect.DeepEqual(got.Items[i], want) {
 			t.Errorf("item %d:\n got %+v\nwant %+v", i, got.Items[i], want)
