@@ -78,12 +78,14 @@ feed:
 	return errors.Join(errs...)
 }
 
-// createPeers creates the Nodes of peers from..to (see peerAt).
-func createPeers(ctx context.Context, c kubernetes.Interface, from, to int) error {
+// createPeers creates the Nodes of peers from..to (see peerAt), each with
+// pad bytes of annotations flanneld does not read.
+func createPeers(ctx context.Context, c kubernetes.Interface, from, to, pad int) error {
 	return forEachConcurrently(ctx, from, to, func(ctx context.Context, i int) error {
 		ctx, cancel := context.WithTimeout(ctx, apiCallTimeout)
 		defer cancel()
 		obj := peerAt(i).nodeObject()
+		padAnnotations(obj, pad)
 		created, err := c.CoreV1().Nodes().Create(ctx, obj, metav1.CreateOptions{})
 		if err != nil {
 			return fmt.Errorf("creating Node %s: %w", obj.Name, err)

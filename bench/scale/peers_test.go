@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -159,4 +160,21 @@ func (p peer) nodeObject() *corev1.Node {
 			Images: nodeImages,
 		},
 	}
+}
+
+// maxPad keeps a padded Node under the API server's 256 KiB limit on the
+// total size of its annotations.
+const maxPad = 250000
+
+// padAnnotations adds about pad bytes of annotations that flanneld never
+// reads (a "fat" Node, as tools that store state in annotations make
+// them): one under flannel's own prefix, the rest under another.
+func padAnnotations(n *corev1.Node, pad int) {
+	pad = min(pad, maxPad)
+	if pad <= 0 {
+		return
+	}
+	half := pad / 2
+	n.Annotations[annotationBase+"unread"] = strings.Repeat("f", half)
+	n.Annotations["example.com/state"] = strings.Repeat("s", pad-half)
 }

@@ -24,6 +24,7 @@ const (
 	envChurn     = "FLANNELD_BENCH_SCALE_CHURN"     // peers added then removed while running, default 100
 	envTimeout   = "FLANNELD_BENCH_SCALE_TIMEOUT"   // seconds allowed for start to programmed, default 600
 	envVerbosity = "FLANNELD_BENCH_SCALE_VERBOSITY" // flanneld's -v, default 1
+	envPad       = "FLANNELD_BENCH_SCALE_PAD"       // bytes of annotations flanneld does not read, per Node, default 0
 )
 
 const defaultSizes = "1000,5000,10000"
@@ -48,6 +49,7 @@ type settings struct {
 	churn     int
 	timeout   time.Duration
 	verbosity int
+	pad       int
 }
 
 func settingsFromEnv(t testing.TB) settings {
@@ -70,6 +72,9 @@ func settingsFromEnv(t testing.TB) settings {
 	}
 	if v := os.Getenv(envChurn); v != "" {
 		s.churn = positive(envChurn, v)
+	}
+	if v := os.Getenv(envPad); v != "" {
+		s.pad = positive(envPad, v)
 	}
 	if v := os.Getenv(envTimeout); v != "" {
 		s.timeout = time.Duration(positive(envTimeout, v)) * time.Second
@@ -182,7 +187,7 @@ func measure(ctx context.Context, t *testing.T, n int, s settings) result {
 		return fail("admin client: %v", err)
 	}
 	start := time.Now()
-	if err := createPeers(ctx, client, 1, n); err != nil {
+	if err := createPeers(ctx, client, 1, n, s.pad); err != nil {
 		return fail("creating %d peer Nodes: %v", n, err)
 	}
 	r.createRate = float64(n) / time.Since(start).Seconds()
@@ -246,7 +251,7 @@ func measure(ctx context.Context, t *testing.T, n int, s settings) result {
 			n, r.startToProgrammed.Seconds(), r.firstRoute.Seconds(), mib(r.atProgrammed.rssKiB), mib(r.atProgrammed.peakRSSKiB), r.atProgrammed.cpu.Seconds())
 
 		r.addOK, r.add, r.addAfterAPI, err = w.churn("add", n+s.churn, func() error {
-			return createPeers(ctx, client, n+1, n+s.churn)
+			return createPeers(ctx, client, n+1, n+s.churn, s.pad)
 		})
 		if err != nil {
 			return fail("adding %d peers: %v", s.churn, err)
