@@ -526,12 +526,19 @@ func (r *Reconciler) Apply(full bool) (Result, error) {
 
 // Drifted reports whether a kernel change notification contradicts what
 // the reconciler applied: an entry it installed was deleted or changed by
-// someone else. Notifications of its own changes are not drift.
+// someone else. Notifications of its own changes are not drift. The
+// deletion of a route whose key a failing entry wants (another agent's
+// route was in the way) makes that entry due at once.
 func (r *Reconciler) Drifted(ev kernel.Event) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	switch {
 	case ev.Route != nil:
+		if f := r.routes.failed[ev.Route.Key()]; f != nil && ev.Deleted {
+			// The route in the way of a failing one is gone: retry now.
+			f.next = time.Time{}
+			return true
+		}
 		have, ok := r.routes.applied[ev.Route.Key()]
 		return ok && (ev.Deleted || *ev.Route != have)
 	case ev.Neigh != nil:

@@ -168,3 +168,24 @@ func TestForeignRouteIsNeverReplaced(t *testing.T) {
 		t.Fatalf("drift of flanneld's route not repaired: %+v, %v\n%s", res, err, f.Dump())
 	}
 }
+
+// TestForeignRouteDeletedRetriesAtOnce: when the kernel reports that the
+// route in the way of a failing one was deleted, the failing entry is due
+// at once instead of after its backoff.
+func TestForeignRouteDeletedRetriesAtOnce(t *testing.T) {
+	f := kernel.NewFake()
+	foreign := kernel.Route{Dst: netip.MustParsePrefix("10.244.2.0/24"), LinkIndex: 3, Protocol: 4}
+	f.Routes[foreign.Key()] = foreign
+	r := NewReconciler(f)
+	if _, err := r.Sync(stateOf(2), true); err != nil {
+		t.Fatal(err)
+	}
+	delete(f.Routes, foreign.Key())
+	if !r.Drifted(kernel.Event{Route: &foreign, Deleted: true}) {
+		t.Fatal("the deletion of the route in the way is not reported")
+	}
+	res, err := r.Apply(false)
+	if err != nil || res.Failing != 0 || f.Routes[foreign.Key()].Protocol != kernel.RouteProtocol {
+		t.Fatalf("not retried at once: %+v, %v\n%s", res, err, f.Dump())
+	}
+}

@@ -115,8 +115,13 @@ func subscribeOnce(ctx context.Context, fn func(Event)) {
 			if !ok {
 				return
 			}
+			deleted := u.Type == unix.RTM_DELROUTE
 			if rt, ok := routeFromNetlink(u.Route); ok {
-				fn(Event{Route: &rt, Deleted: u.Type == unix.RTM_DELROUTE})
+				fn(Event{Route: &rt, Deleted: deleted})
+			} else if deleted && (u.Table == 0 || u.Table == unix.RT_TABLE_MAIN) && u.Dst != nil {
+				// Another agent's blackhole or unreachable route is gone:
+				// a route of flanneld's it was in the way of can go in.
+				fn(Event{Route: &Route{Dst: ip.PrefixFromIPNet(u.Dst), Protocol: int(u.Protocol)}, Deleted: true})
 			}
 		case u, ok := <-neighs:
 			if !ok {
