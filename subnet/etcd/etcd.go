@@ -69,6 +69,10 @@ type Source struct {
 	leaseID clientv3.LeaseID
 	lost    chan struct{} // signalled when this host's key is deleted
 	errs    chan error
+
+	// beforeCommit, if set (by tests), runs before each acquire
+	// transaction is sent.
+	beforeCommit func(attempt int)
 }
 
 var _ subnet.Source = (*Source)(nil)
@@ -337,6 +341,7 @@ func (s *Source) acquire(ctx context.Context, attrs subnet.LeaseAttrs, previous,
 			cond = clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
 		}
 		var id clientv3.LeaseID
+		granted := false // id was granted in this attempt, not the key's own
 		var opts []clientv3.OpOption
 		if ch.reuse != nil && !ch.reuse.reserved {
 			// Keep the etcd lease the key already has, if it is alive.
@@ -355,7 +360,7 @@ func (s *Source) acquire(ctx context.Context, attrs subnet.LeaseAttrs, previous,
 			if err != nil {
 				return subnet.Lease{}, err
 			}
-			id = grant.ID
+			id, granted = grant.ID, true
 			opts = append(opts, clientv3.WithLease(id))
 		}
 		conds := []clientv3.Cmp{cond}
@@ -367,6 +372,9 @@ func (s *Source) acquire(ctx context.Context, attrs subnet.LeaseAttrs, previous,
 				"ipv6Network", validPrefix(s.net.IPv6Network), "ipv6SubnetLen", s.net.IPv6SubnetLen)
 			conds = append(conds, clientv3.Compare(clientv3.ModRevision(staleKey), "=", revs[e.lease.Name]))
 			ops = append(ops, clientv3.OpDelete(staleKey))
+		}
+		if s.beforeCommit != nil {
+			s.beforeCommit(attempt)
 		}
 		var ok bool
 		err = retry(ctx, "write lease", func(ctx context.Context) error {
@@ -380,7 +388,9 @@ func (s *Source) acquire(ctx context.Context, attrs subnet.LeaseAttrs, previous,
 			return subnet.Lease{}, err
 		}
 		if !ok {
-			if id != 0 {
+			if granted {
+				// Only a lease granted for this attempt is ours to drop:
+				// the key's own lease still holds this host's live key.
 				_, _ = s.cli.Revoke(ctx, id)
 			}
 			klog.InfoS("Lease raced with another host; choosing again", "key", name, "attempt", attempt)

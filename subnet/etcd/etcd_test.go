@@ -604,3 +604,47 @@ func TestSourceAuth(t *testing.T) {
 		t.Errorf("NetworkConfig still waiting 60 s after etcd became reachable")
 	}
 }
+
+// TestSourceRaceKeepsOwnLease: when the transaction that takes back this
+// host's key (keeping its live etcd lease) loses a race, the key's lease
+// is not revoked: that would delete the host's own live key, and every
+// peer would prune its routes until it acquired again. (On 4308a5a the
+// failed attempt revoked it.)
+func TestSourceRaceKeepsOwnLease(t *testing.T) {
+	e := startEtcd(t)
+	e.put(t, configKey, defaultConf)
+	ctx := testContext(t)
+	s1 := newSource(t, e.adminProxy.addr(), Config{})
+	l1 := join(t, ctx, s1, ourIP)
+	key := leaseKeys + l1.Name
+	before := e.get(t, key)
+	s1.Close()
+
+	// A restarted host takes its key back; just before its transaction,
+	// something rewrites the key (same value, same lease), so the
+	// transaction's ModRevision comparison fails once.
+	s2 := newSource(t, e.adminProxy.addr(), Config{})
+	s2.beforeCommit = func(attempt int) {
+		if attempt == 1 {
+			e.put(t, key, before.Value, clientv3.WithLease(before.Lease))
+		}
+	}
+	l2 := join(t, ctx, s2, ourIP)
+	if l2.Name != l1.Name {
+		t.Errorf("after the race: lease %s, want %s back", l2.Name, l1.Name)
+	}
+	ttl, err := e.admin.TimeToLive(ctx, before.Lease)
+	if err != nil || ttl.TTL <= 0 {
+		t.Fatalf("the key's own etcd lease %x was revoked by the failed attempt (TTL %v, %v)", before.Lease, ttl.TTL, err)
+	}
+	// The key was never deleted meanwhile: replay its history.
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	for resp := range e.admin.Watch(wctx, key, clientv3.WithRev(before.ModRevision+1)) {
+		for _, ev := range resp.Events {
+			if ev.Type == clientv3.EventTypeDelete {
+				t.Fatalf("the host's live key %s was deleted during the race", key)
+			}
+		}
+	}
+}
