@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -58,6 +59,25 @@ func TestFlanneldStartup(t *testing.T) {
 			t.Errorf("subnet.env:\n%s\nwant:\n%s", got, want)
 		}
 		n.WaitReady(t, readyTimeout)
+	})
+
+	// A stop requested by signal is a clean exit at any point, also while
+	// flanneld waits during start-up (on 4308a5a: status 1, "context
+	// canceled", which systemd records as a failure).
+	t.Run("SIGTERM while waiting for the podCIDR", func(t *testing.T) {
+		n := l.AddNode(t, "n4", "")
+		p := l.StartFlanneld(t, n)
+		lab.WaitFor(t, "flanneld to wait for its podCIDR", exitTimeout, func() error {
+			if firstMatchingLine(p.Log(), regexp.MustCompile(`Waiting for this node's podCIDR`)) == "" {
+				return fmt.Errorf("not waiting yet")
+			}
+			return nil
+		})
+		p.Signal(syscall.SIGTERM)
+		code, exited := p.WaitExit(exitTimeout)
+		if !exited || code != 0 {
+			t.Errorf("after SIGTERM during start-up: exited %v, status %d, want 0; stderr:\n%s", exited, code, tailLines(p.Log(), 10))
+		}
 	})
 }
 

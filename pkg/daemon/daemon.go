@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sync/errgroup"
 	"k8s.io/klog/v2"
 
 	"github.com/flanneld/flanneld/backend"
@@ -35,85 +36,158 @@ func Backends() backend.Registry {
 
 // Run sets up this node's pod network and keeps it in sync with the
 // cluster until ctx ends. It returns an error for anything that prevents
-// the node from joining; on a clean stop it returns nil and leaves the
-// datapath in place, so pods keep working while flanneld restarts.
+// the node from joining; on a clean stop (ctx ended, at any point, start-up
+// included) it returns nil and leaves the datapath in place, so pods keep
+// working while flanneld restarts. It returns only once every goroutine it
+// started has ended.
 func Run(ctx context.Context, o Options) error {
+	err := run(ctx, o)
+	if err != nil && ctx.Err() != nil {
+		klog.InfoS("Stopped on request", "during", err)
+		return nil
+	}
+	return err
+}
+
+// run is Run's start-up, in the order of architecture.md: each numbered
+// step is a function, and nothing on the node changes before step 3.
+func run(ctx context.Context, o Options) error {
 	if err := o.Validate(); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	m := metrics.New(o.Version)
+	// 1. The network configuration, the external interface, the backend.
+	src, err := openSource(ctx, o, m)
+	if err != nil {
+		return err
+	}
+	defer src.close()
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return fmt.Errorf("open netlink: %w", err)
+	}
+	defer h.Close() // after every goroutine below has ended
+	ext, be, err := buildBackend(h, o, src)
+	if err != nil {
+		return err
+	}
 
+	g, gctx := errgroup.WithContext(ctx)
+	stop := func(err error) error {
+		g.Go(func() error { return err }) // cancels gctx
+		if werr := g.Wait(); err == nil {
+			err = werr
+		}
+		return err
+	}
+	status := health.NewStatus(3*o.Resync + time.Minute)
+	if err := serveHealth(gctx, g, o, status, m); err != nil {
+		return stop(err)
+	}
+	// 2-5. The lease watch, the device, the lease.
+	peers := subnet.NewPeers()
+	if err := src.Start(gctx, peers); err != nil {
+		return stop(err)
+	}
+	g.Go(func() error { return src.wait(gctx) })
+	status.SetReady(false, "waiting for this node's lease")
+	lease, err := joinNetwork(gctx, src, be)
+	if err != nil {
+		return stop(err)
+	}
+	// 6. Stale devices, the forwarder, the firewall, subnet.env.
+	if err := prepareNode(gctx, g, h, o, src.config, be, lease, m); err != nil {
+		return stop(err)
+	}
+	// 7. The sync loop and its kernel watch; ready after its first full pass.
+	status.SetReady(false, "waiting for the first sync of peers")
+	loop := newSyncLoop(be, network.NewReconciler(kernel.NewNetlink(h)), peers,
+		subnet.PeerRules{Config: src.config, Own: lease}, o.Resync, status, m)
+	loop.localAddrs = func() ([]netip.Prefix, error) { return ip.LinkPrefixes(h, ext.Index) }
+	loop.refreshRules()
+	loop.event = src.event
+	loop.onReady = readyReporter(gctx, g, src, lease, peers)
+	if err := m.Register(metrics.NewLinkStats(h, loop.ownedLinks)); err != nil {
+		return stop(err)
+	}
+	g.Go(func() error { loop.watchKernel(gctx, ext.Index); return nil })
+	g.Go(func() error { loop.run(gctx); return nil })
+	err = g.Wait()
+	klog.InfoS("Stopping; the datapath stays in place")
+	return err
+}
+
+// openSource opens the lease source of the mode the options choose, which
+// reads the network configuration.
+func openSource(ctx context.Context, o Options, m *metrics.Metrics) (*leaseSource, error) {
 	open := openEtcd
 	if o.KubeSubnetMgr {
 		open = openKube
 	}
 	src, err := open(ctx, o, m)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer src.close()
-	cfg := src.config
-
 	if o.IPBlackholeRoute {
 		klog.InfoS("--ip-blackhole-route is accepted for compatibility but not acted on in this release")
 	}
+	return src, nil
+}
 
-	h, err := netlink.NewHandle()
+// buildBackend selects the external interface and builds the backend,
+// which validates its options; nothing on the node changes.
+func buildBackend(h *netlink.Handle, o Options, src *leaseSource) (*ip.ExternalInterface, backend.Backend, error) {
+	ext, err := ip.LookupExternalInterface(h, o.InterfaceOptions(src.config))
 	if err != nil {
-		return fmt.Errorf("open netlink: %w", err)
-	}
-	defer h.Close()
-
-	ext, err := ip.LookupExternalInterface(h, o.InterfaceOptions(cfg))
-	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	klog.InfoS("Using external interface", validKV("interface", ext.Name, "address", ext.IfaceAddr, "publicIP", ext.ExtAddr,
 		"addressIPv6", ext.IfaceV6Addr, "publicIPv6", ext.ExtV6Addr, "mtu", ext.MTU)...)
 	src.withExternal(ext)
-
-	be, err := Backends().New(backend.Params{Config: cfg, ExtIface: ext, Handle: h, Reach: ip.KernelReachability{H: h}})
+	be, err := Backends().New(backend.Params{Config: src.config, ExtIface: ext, Handle: h, Reach: ip.KernelReachability{H: h}})
 	if err != nil {
-		return fmt.Errorf("%s: %w", src.configOrigin, err)
+		return nil, nil, fmt.Errorf("%s: %w", src.configOrigin, err)
 	}
+	return ext, be, nil
+}
 
-	status := health.NewStatus(3*o.Resync + time.Minute)
-	var healthErr <-chan error
-	if o.HealthzPort > 0 {
-		mux := http.NewServeMux()
-		mux.Handle("/", status.Handler())
-		mux.Handle("/metrics", m.Handler())
-		addr := net.JoinHostPort(o.HealthzIP, strconv.Itoa(o.HealthzPort))
-		if healthErr, err = health.Serve(ctx, addr, mux); err != nil {
-			return err
+// serveHealth serves /healthz, /readyz and /metrics on --healthz-port, if
+// set, in g.
+func serveHealth(ctx context.Context, g *errgroup.Group, o Options, status *health.Status, m *metrics.Metrics) error {
+	if o.HealthzPort <= 0 {
+		return nil
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/", status.Handler())
+	mux.Handle("/metrics", m.Handler())
+	ln, err := health.Listen(net.JoinHostPort(o.HealthzIP, strconv.Itoa(o.HealthzPort)), health.DefaultLimits)
+	if err != nil {
+		return err
+	}
+	g.Go(func() error {
+		if err := health.Serve(ctx, ln, mux, health.DefaultLimits); err != nil {
+			return fmt.Errorf("health server: %w", err)
 		}
-	}
+		return nil
+	})
+	return nil
+}
 
-	peers := subnet.NewPeers()
-	if err := src.Start(ctx, peers); err != nil {
-		return err
-	}
-	status.SetReady(false, "waiting for this node's lease")
-	lease, err := joinNetwork(ctx, src, be)
-	if err != nil {
-		return err
-	}
+// prepareNode removes stale devices, starts the forwarder (udp) and the
+// firewall keeper in g, and writes subnet.env.
+func prepareNode(ctx context.Context, g *errgroup.Group, h *netlink.Handle, o Options, cfg *subnet.Config, be backend.Backend, lease subnet.Lease, m *metrics.Metrics) error {
 	if err := removeStaleDevices(h, be.Base().OwnedLinks); err != nil {
 		return err
 	}
-	fwdErr, err := startForwarder(ctx, be, m)
-	if err != nil {
+	if err := startForwarder(ctx, g, be, m); err != nil {
 		return err
 	}
-
 	for _, sn := range []netip.Prefix{lease.Subnet, lease.IPv6Subnet} {
 		if sn.IsValid() {
 			m.Lease.WithLabelValues(sn.String()).Set(1)
 		}
 	}
-	if err := startFirewall(ctx, o, cfg, lease, m); err != nil {
+	if err := startFirewall(ctx, g, o, cfg, lease, m); err != nil {
 		return err
 	}
 	env := subnet.NewEnv(cfg, &lease, be.MTU(), o.IPMasq)
@@ -121,27 +195,27 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	klog.InfoS("Wrote subnet file", validKV("path", o.SubnetFile, "subnet", env.Subnet, "subnetIPv6", env.IPv6Subnet, "mtu", env.MTU)...)
+	return nil
+}
 
-	status.SetReady(false, "waiting for the first sync of peers")
-	rules := subnet.PeerRules{Config: cfg, Own: lease}
-	loop := newSyncLoop(be, network.NewReconciler(kernel.NewNetlink(h)), peers, rules, o.Resync, status, m)
-	loop.localAddrs = func() ([]netip.Prefix, error) { return ip.LinkPrefixes(h, ext.Index) }
-	loop.refreshRules()
+// readyReporter returns the sync loop's onReady: it logs, tells systemd,
+// and sets NetworkUnavailable=False from a goroutine in g (the API server
+// may be slow; the sync loop must not wait for it).
+func readyReporter(ctx context.Context, g *errgroup.Group, src *leaseSource, lease subnet.Lease, peers *subnet.Peers) func() {
 	reportReady := make(chan struct{}, 1)
-	go func() {
-		// NetworkUnavailable=False, off the sync loop: the API server may be slow.
+	g.Go(func() error {
 		for {
 			select {
 			case <-ctx.Done():
-				return
+				return nil
 			case <-reportReady:
 				if err := src.ReportReady(ctx); err != nil && ctx.Err() == nil {
 					klog.ErrorS(err, "Could not report the node's network as available")
 				}
 			}
 		}
-	}()
-	loop.onReady = func() {
+	})
+	return func() {
 		klog.InfoS("flanneld is ready", validKV("node", src.nodeName, "subnet", lease.Subnet, "subnetIPv6", lease.IPv6Subnet, "peers", peers.Len())...)
 		notifySystemd()
 		select {
@@ -149,35 +223,6 @@ func Run(ctx context.Context, o Options) error {
 		default:
 		}
 	}
-	loop.event = src.event
-	if err := m.Register(metrics.NewLinkStats(h, loop.ownedLinks)); err != nil {
-		return err
-	}
-	loop.watchKernel(ctx, ext.Index)
-	loopDone := make(chan struct{})
-	go func() {
-		defer close(loopDone)
-		loop.run(ctx)
-	}()
-
-	select {
-	case <-ctx.Done():
-	case err := <-healthErr:
-		cancel()
-		<-loopDone
-		return fmt.Errorf("health server: %w", err)
-	case err := <-src.errs:
-		cancel()
-		<-loopDone
-		return err
-	case err := <-fwdErr:
-		cancel()
-		<-loopDone
-		return fmt.Errorf("forwarder: %w", err)
-	}
-	<-loopDone
-	klog.InfoS("Stopping; the datapath stays in place")
-	return nil
 }
 
 // joinNetwork sets up the backend's device, acquires the lease with the
@@ -205,23 +250,23 @@ func joinNetwork(ctx context.Context, src subnet.Source, be backend.Backend) (su
 }
 
 // startForwarder runs the datapath of a backend that forwards packets
-// itself (udp) and exports its drop counters. The channel reports its
-// failure; it is nil for kernel datapaths.
-func startForwarder(ctx context.Context, be backend.Backend, m *metrics.Metrics) (<-chan error, error) {
+// itself (udp) in g and exports its drop counters; its failure stops
+// flanneld. Kernel datapaths have nothing to run.
+func startForwarder(ctx context.Context, g *errgroup.Group, be backend.Backend, m *metrics.Metrics) error {
 	fw, ok := be.(backend.Forwarder)
 	if !ok {
-		return nil, nil
+		return nil
 	}
 	if err := m.Register(metrics.NewUDPDrops(fw.Dropped)); err != nil {
-		return nil, err
+		return err
 	}
-	errs := make(chan error, 1)
-	go func() {
+	g.Go(func() error {
 		if err := fw.Forward(ctx); err != nil && ctx.Err() == nil {
-			errs <- err
+			return fmt.Errorf("forwarder: %w", err)
 		}
-	}()
-	return errs, nil
+		return nil
+	})
+	return nil
 }
 
 // startFirewall installs the masquerade and forward rules of every address
@@ -229,7 +274,7 @@ func startForwarder(ctx context.Context, be backend.Backend, m *metrics.Metrics)
 // EnableNFTables), keeps them in place every --iptables-resync seconds, and
 // removes flanneld's rules of the other mode, which a node switched from it
 // still has (after installing, so the node is never without rules).
-func startFirewall(ctx context.Context, o Options, cfg *subnet.Config, lease subnet.Lease, m *metrics.Metrics) error {
+func startFirewall(ctx context.Context, g *errgroup.Group, o Options, cfg *subnet.Config, lease subnet.Lease, m *metrics.Metrics) error {
 	mode := FirewallMode(cfg)
 	if sets := FirewallRuleSets(&o, cfg, lease); len(sets) > 0 {
 		onRestore := func(repairs []string) { m.DriftRepairs.WithLabelValues("rule").Add(float64(len(repairs))) }
@@ -240,7 +285,7 @@ func startFirewall(ctx context.Context, o Options, cfg *subnet.Config, lease sub
 		if _, err := keeper.Ensure(); err != nil {
 			return fmt.Errorf("install firewall rules (%s mode): %w", mode, err)
 		}
-		go keeper.Run(ctx, time.Duration(o.IPTablesResync)*time.Second)
+		g.Go(func() error { keeper.Run(ctx, time.Duration(o.IPTablesResync)*time.Second); return nil })
 	}
 	removed, err := network.RemoveOtherModeRules(cfg.EnableNFTables)
 	for _, r := range removed {

@@ -33,6 +33,17 @@ type leaseSource struct {
 	close        func()
 }
 
+// wait returns the first failure the source cannot recover from, or nil
+// once ctx ends.
+func (s *leaseSource) wait(ctx context.Context) error {
+	select {
+	case err := <-s.errs: // nil channel (Kubernetes): never
+		return err
+	case <-ctx.Done():
+		return nil
+	}
+}
+
 // openKube is the Kubernetes lease source: net-conf.json from a file, the
 // lease from this node's podCIDR.
 func openKube(ctx context.Context, o Options, m *metrics.Metrics) (*leaseSource, error) {

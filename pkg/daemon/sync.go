@@ -224,13 +224,14 @@ func (l *syncLoop) run(ctx context.Context) {
 	}
 }
 
-// watchKernel turns the kernel's change notifications into full passes:
+// watchKernel turns the kernel's change notifications into full passes,
+// until ctx ends:
 // when an entry flanneld installed is deleted or changed, when its device is
 // deleted or set down, when the underlay link comes back up, and when
 // notifications were lost.
 func (l *syncLoop) watchKernel(ctx context.Context, extIndex int) {
 	extUp := true
-	kernel.Subscribe(ctx, func(ev kernel.Event) {
+	kernel.Subscribe(ctx, nil, func(ev kernel.Event) {
 		switch {
 		case ev.Lost:
 			l.kick()

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/net/netutil"
 	"k8s.io/klog/v2"
 )
 
@@ -88,30 +89,61 @@ func (s *Status) Handler() http.Handler {
 	return mux
 }
 
-// Serve listens on addr and serves h until ctx ends. The listener is opened
-// before Serve returns, so a port in use is reported at once.
-func Serve(ctx context.Context, addr string, h http.Handler) (<-chan error, error) {
+// Limits bound what the listener's clients can hold: a probe endpoint on
+// every node must not let idle or slow connections exhaust flanneld's file
+// descriptors (which its rule syncs need too).
+type Limits struct {
+	// MaxConns is the most connections served at once; more wait in the
+	// kernel's accept queue.
+	MaxConns int
+	// HeaderTimeout bounds reading a request's headers, ReadTimeout the
+	// whole request, WriteTimeout the response (a /metrics scrape of a
+	// large node included), IdleTimeout a kept-alive connection between
+	// requests.
+	HeaderTimeout, ReadTimeout, WriteTimeout, IdleTimeout time.Duration
+}
+
+// DefaultLimits are the limits of flanneld's health listener.
+var DefaultLimits = Limits{MaxConns: 64, HeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+	WriteTimeout: 30 * time.Second, IdleTimeout: 30 * time.Second}
+
+// Listen opens the health listener on addr, serving at most
+// limits.MaxConns connections at once.
+func Listen(addr string, limits Limits) (net.Listener, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("health listener: %w", err)
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	return netutil.LimitListener(ln, limits.MaxConns), nil
+}
+
+// Serve serves h on ln until ctx ends, then shuts the server down and
+// returns once it has; an error means the listener failed.
+func Serve(ctx context.Context, ln net.Listener, h http.Handler, limits Limits) error {
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: limits.HeaderTimeout,
+		ReadTimeout:       limits.ReadTimeout,
+		WriteTimeout:      limits.WriteTimeout,
+		IdleTimeout:       limits.IdleTimeout,
+		MaxHeaderBytes:    16 << 10,
+	}
 	done := make(chan error, 1)
-	go func() {
-		err := srv.Serve(ln)
-		if errors.Is(err, http.ErrServerClosed) {
-			err = nil
-		}
-		done <- err
-	}()
-	go func() {
-		<-ctx.Done()
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(shutdownCtx); err != nil {
-			klog.ErrorS(err, "Health server shutdown")
-		}
-	}()
+	go func() { done <- srv.Serve(ln) }()
 	klog.InfoS("Serving health probes", "address", ln.Addr().String())
-	return done, nil
+	select {
+	case err := <-done:
+		return err // the listener failed: ErrServerClosed cannot happen before Shutdown
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		klog.ErrorS(err, "Health server shutdown")
+		srv.Close()
+	}
+	if err := <-done; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
 }

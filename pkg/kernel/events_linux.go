@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
@@ -54,30 +55,46 @@ const socketBuffer = 16 << 20
 // netlink.Route, and 8,192 of them cost about 4 MiB of heap.
 const eventBuffer = 256
 
-// Subscribe delivers the route, neighbour, FDB and link changes of the
-// current network namespace to fn, from one goroutine, until ctx ends. When
-// a subscription fails it reports Event{Lost: true} and subscribes again.
-func Subscribe(ctx context.Context, fn func(Event)) {
-	go func() {
-		for ctx.Err() == nil {
-			subscribeOnce(ctx, fn)
-			if ctx.Err() != nil {
-				return
-			}
-			fn(Event{Lost: true})
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
+// Subscribe delivers the route, neighbour, FDB, link and address changes
+// of the network namespace ns (nil: the current one) to fn, from the
+// calling goroutine, until ctx ends; it returns only when every goroutine
+// it started has ended. When a subscription fails it reports
+// Event{Lost: true} and subscribes again.
+func Subscribe(ctx context.Context, ns *netns.NsHandle, fn func(Event)) {
+	for ctx.Err() == nil {
+		subscribeOnce(ctx, ns, fn)
+		if ctx.Err() != nil {
+			return
 		}
-	}()
+		fn(Event{Lost: true})
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// drain receives from ch until it is closed: a netlink subscription's
+// reader closes its channel when its socket is closed, but only after any
+// send it is blocked in has been received.
+func drain[T any](ch <-chan T) {
+	for range ch {
+	}
 }
 
 // subscribeOnce runs one set of subscriptions until ctx ends or one fails.
-func subscribeOnce(ctx context.Context, fn func(Event)) {
+// On return every subscription's socket is closed and its reader has
+// ended.
+func subscribeOnce(ctx context.Context, ns *netns.NsHandle, fn func(Event)) {
 	done := make(chan struct{})
-	defer close(done)
-	failed := make(chan error, 3)
+	var drains []func()
+	defer func() {
+		close(done)
+		for _, d := range drains {
+			d()
+		}
+	}()
+	failed := make(chan error, 4)
 	onErr := func(err error) {
 		select {
 		case failed <- err:
@@ -88,22 +105,26 @@ func subscribeOnce(ctx context.Context, fn func(Event)) {
 	neighs := make(chan netlink.NeighUpdate, eventBuffer)
 	links := make(chan netlink.LinkUpdate, eventBuffer)
 	addrs := make(chan netlink.AddrUpdate, eventBuffer)
-	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{ErrorCallback: onErr, ReceiveBufferSize: socketBuffer, ReceiveBufferForceSize: true}); err != nil {
+	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{Namespace: ns, ErrorCallback: onErr, ReceiveBufferSize: socketBuffer, ReceiveBufferForceSize: true}); err != nil {
 		klog.ErrorS(err, "Subscribe to route changes")
 		return
 	}
-	if err := netlink.NeighSubscribeWithOptions(neighs, done, netlink.NeighSubscribeOptions{ErrorCallback: onErr, ReceiveBufferSize: socketBuffer, ReceiveBufferForceSize: true}); err != nil {
+	drains = append(drains, func() { drain(routes) })
+	if err := netlink.NeighSubscribeWithOptions(neighs, done, netlink.NeighSubscribeOptions{Namespace: ns, ErrorCallback: onErr, ReceiveBufferSize: socketBuffer, ReceiveBufferForceSize: true}); err != nil {
 		klog.ErrorS(err, "Subscribe to neighbour changes")
 		return
 	}
-	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{ErrorCallback: onErr, ReceiveBufferSize: socketBuffer, ReceiveBufferForceSize: true}); err != nil {
+	drains = append(drains, func() { drain(neighs) })
+	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{Namespace: ns, ErrorCallback: onErr, ReceiveBufferSize: socketBuffer, ReceiveBufferForceSize: true}); err != nil {
 		klog.ErrorS(err, "Subscribe to link changes")
 		return
 	}
-	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{ErrorCallback: onErr, ReceiveBufferSize: socketBuffer, ReceiveBufferForceSize: true}); err != nil {
+	drains = append(drains, func() { drain(links) })
+	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{Namespace: ns, ErrorCallback: onErr, ReceiveBufferSize: socketBuffer, ReceiveBufferForceSize: true}); err != nil {
 		klog.ErrorS(err, "Subscribe to address changes")
 		return
 	}
+	drains = append(drains, func() { drain(addrs) })
 	for {
 		select {
 		case <-ctx.Done():
