@@ -112,7 +112,14 @@ const (
 // retried with backoff; the rest of the pass is applied.
 type Reconciler struct {
 	k  kernel.Interface
-	mu sync.Mutex
+	mu sync.Mutex // held by Update and a whole Apply
+	// amu guards what Drifted reads (the tables' applied and failed
+	// entries) and retryNow, so that the kernel watch is never held up by
+	// a pass's netlink calls.
+	amu sync.RWMutex
+	// retryNow are failing routes whose way was cleared (the route in
+	// their way was deleted): the next pass tries them at once.
+	retryNow map[kernel.RouteKey]struct{}
 	// now is time.Now, replaced in tests.
 	now func() time.Time
 
@@ -127,13 +134,11 @@ type Reconciler struct {
 // flanneld owns the route already; neighbours and FDB entries live on
 // flanneld's own devices and are replaced.
 func NewReconciler(k kernel.Interface) *Reconciler {
-	return &Reconciler{
-		k:      k,
-		now:    time.Now,
-		routes: newTable("route", k.AddRoute, k.SetRoute, k.DelRoute, routeLess),
-		neighs: newTable("neighbour", k.SetNeigh, k.SetNeigh, k.DelNeigh, neighLess),
-		fdbs:   newTable("fdb", k.SetFDB, k.SetFDB, k.DelFDB, fdbLess),
-	}
+	r := &Reconciler{k: k, now: time.Now, retryNow: map[kernel.RouteKey]struct{}{}}
+	r.routes = newTable("route", &r.amu, k.AddRoute, k.SetRoute, k.DelRoute, routeLess)
+	r.neighs = newTable("neighbour", &r.amu, k.SetNeigh, k.SetNeigh, k.DelNeigh, neighLess)
+	r.fdbs = newTable("fdb", &r.amu, k.SetFDB, k.SetFDB, k.DelFDB, fdbLess)
+	return r
 }
 
 // claim is an owner's wish for a key that another owner holds.
@@ -159,6 +164,9 @@ type table[K comparable, V comparable] struct {
 	// waiting are the claims of other owners on held keys, oldest first
 	// (rare: the sync loop keeps peers from sharing keys).
 	waiting map[K][]claim[V]
+	// applied and failed are read by Drifted while a pass runs: they are
+	// written under amu (shared by the tables), read under it by others.
+	amu     *sync.RWMutex
 	applied map[K]V
 	dirty   map[K]struct{}
 	failed  map[K]*failure
@@ -168,10 +176,31 @@ type table[K comparable, V comparable] struct {
 	less             func(a, b K) int
 }
 
-func newTable[K comparable, V comparable](kind string, create, set, del func(V) error, less func(a, b K) int) table[K, V] {
+func newTable[K comparable, V comparable](kind string, amu *sync.RWMutex, create, set, del func(V) error, less func(a, b K) int) table[K, V] {
 	return table[K, V]{kind: kind, desired: map[K]V{}, holder: map[K]string{}, waiting: map[K][]claim[V]{},
-		applied: map[K]V{}, dirty: map[K]struct{}{}, failed: map[K]*failure{},
+		amu: amu, applied: map[K]V{}, dirty: map[K]struct{}{}, failed: map[K]*failure{},
 		create: create, set: set, del: del, less: less}
+}
+
+// setApplied records that the kernel holds v at k.
+func (t *table[K, V]) setApplied(k K, v V) {
+	t.amu.Lock()
+	t.applied[k] = v
+	t.amu.Unlock()
+}
+
+// forget records that the kernel holds nothing of flanneld's at k.
+func (t *table[K, V]) forget(k K) {
+	t.amu.Lock()
+	delete(t.applied, k)
+	t.amu.Unlock()
+}
+
+// clearFailure forgets k's failure.
+func (t *table[K, V]) clearFailure(k K) {
+	t.amu.Lock()
+	delete(t.failed, k)
+	t.amu.Unlock()
 }
 
 // setDesired makes v the desired value of k, held by owner.
@@ -180,7 +209,7 @@ func (t *table[K, V]) setDesired(owner string, k K, v V) {
 	if cur, ok := t.desired[k]; !ok || cur != v {
 		t.desired[k] = v
 		t.dirty[k] = struct{}{}
-		delete(t.failed, k) // a new value is tried at once
+		t.clearFailure(k) // a new value is tried at once
 	}
 }
 
@@ -213,7 +242,7 @@ func (t *table[K, V]) unwant(owner string, k K) {
 	}
 	delete(t.desired, k)
 	delete(t.holder, k)
-	delete(t.failed, k)
+	t.clearFailure(k)
 	t.dirty[k] = struct{}{}
 }
 
@@ -224,7 +253,9 @@ func (t *table[K, V]) clearDesired() {
 	clear(t.desired)
 	clear(t.holder)
 	clear(t.waiting)
+	t.amu.Lock()
 	clear(t.failed)
+	t.amu.Unlock()
 }
 
 // keys returns the keys a pass looks at, sorted: the dirty ones for an
@@ -265,7 +296,9 @@ func (t *table[K, V]) fail(k K, v V, err error, now time.Time, res *Result) {
 	f := t.failed[k]
 	if f == nil {
 		f = &failure{}
+		t.amu.Lock()
 		t.failed[k] = f
+		t.amu.Unlock()
 	}
 	if f.attempts == 0 || f.err != err.Error() {
 		res.Failures = append(res.Failures, EntryFailure{Kind: t.kind, Entry: fmt.Sprint(v), Owner: t.holder[k],
@@ -281,7 +314,7 @@ func (t *table[K, V]) fail(k K, v V, err error, now time.Time, res *Result) {
 // succeeded forgets k's failure, if any, reporting the recovery.
 func (t *table[K, V]) succeeded(k K, v V, res *Result) {
 	if _, ok := t.failed[k]; ok {
-		delete(t.failed, k)
+		t.clearFailure(k)
 		res.Recovered = append(res.Recovered, EntryFailure{Kind: t.kind, Entry: fmt.Sprint(v), Owner: t.holder[k]})
 	}
 }
@@ -299,7 +332,7 @@ func (t *table[K, V]) add(keys []K, actual map[K]V, now time.Time, res *Result) 
 		kernelHas, inKernel := actual[k] // flanneld's own entry at k, full passes only
 		if actual != nil {
 			if inKernel && kernelHas == want {
-				t.applied[k] = want
+				t.setApplied(k, want)
 				delete(t.dirty, k)
 				t.succeeded(k, want, res)
 				continue
@@ -324,11 +357,11 @@ func (t *table[K, V]) add(keys []K, actual map[K]V, now time.Time, res *Result) 
 			apply = t.set // flanneld's own entry: replace it
 		}
 		if err := apply(want); err != nil {
-			delete(t.applied, k)
+			t.forget(k)
 			t.fail(k, want, err, now, res)
 			continue
 		}
-		t.applied[k] = want
+		t.setApplied(k, want)
 		delete(t.dirty, k)
 		t.succeeded(k, want, res)
 		res.Added++
@@ -348,9 +381,9 @@ func (t *table[K, V]) remove(keys []K, actual map[K]V, now time.Time, res *Resul
 			stale, ok = actual[k]
 		}
 		if !ok {
-			delete(t.applied, k)
+			t.forget(k)
 			delete(t.dirty, k)
-			delete(t.failed, k)
+			t.clearFailure(k)
 			continue
 		}
 		if !t.due(k, now, res) {
@@ -361,9 +394,9 @@ func (t *table[K, V]) remove(keys []K, actual map[K]V, now time.Time, res *Resul
 			t.fail(k, stale, err, now, res)
 			continue
 		}
-		delete(t.applied, k)
+		t.forget(k)
 		delete(t.dirty, k)
-		delete(t.failed, k)
+		t.clearFailure(k)
 		if err == nil {
 			res.Removed++
 			klog.V(4).InfoS("Removed", "kind", t.kind, "entry", stale)
@@ -514,6 +547,15 @@ func (r *Reconciler) Apply(full bool) (Result, error) {
 
 	var res Result
 	now := r.now()
+	r.amu.Lock()
+	for k := range r.retryNow {
+		if f := r.routes.failed[k]; f != nil {
+			f.next = time.Time{}
+		}
+		r.routes.dirty[k] = struct{}{}
+	}
+	clear(r.retryNow)
+	r.amu.Unlock()
 	r.neighs.add(neighKeys, snap.Neighs, now, &res)
 	r.fdbs.add(fdbKeys, snap.FDBs, now, &res)
 	r.routes.add(routeKeys, snap.Routes, now, &res)
@@ -530,13 +572,12 @@ func (r *Reconciler) Apply(full bool) (Result, error) {
 // deletion of a route whose key a failing entry wants (another agent's
 // route was in the way) makes that entry due at once.
 func (r *Reconciler) Drifted(ev kernel.Event) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	r.amu.Lock()
+	defer r.amu.Unlock()
 	switch {
 	case ev.Route != nil:
-		if f := r.routes.failed[ev.Route.Key()]; f != nil && ev.Deleted {
-			// The route in the way of a failing one is gone: retry now.
-			f.next = time.Time{}
+		if _, failing := r.routes.failed[ev.Route.Key()]; failing && ev.Deleted {
+			r.retryNow[ev.Route.Key()] = struct{}{}
 			return true
 		}
 		have, ok := r.routes.applied[ev.Route.Key()]

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -187,5 +188,49 @@ func TestForeignRouteDeletedRetriesAtOnce(t *testing.T) {
 	res, err := r.Apply(false)
 	if err != nil || res.Failing != 0 || f.Routes[foreign.Key()].Protocol != kernel.RouteProtocol {
 		t.Fatalf("not retried at once: %+v, %v\n%s", res, err, f.Dump())
+	}
+}
+
+// TestDriftedDuringApply: the kernel watch asks Drifted about every
+// notification; a pass that is busy in netlink calls (a full pass at
+// 10,000 peers) must not hold it up. (On 4308a5a Drifted waited for the
+// whole pass.)
+func TestDriftedDuringApply(t *testing.T) {
+	f := kernel.NewFake()
+	r := NewReconciler(f)
+	if _, err := r.Sync(stateOf(2), true); err != nil {
+		t.Fatal(err)
+	}
+	inPass, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	f.Fail = func(call string) error {
+		if strings.Contains(call, "10.244.3.0") {
+			once.Do(func() { close(inPass) })
+			<-release // a slow netlink call
+		}
+		return nil
+	}
+	r.Update("3", State{}, peerState(3, mac(3)))
+	applied := make(chan error, 1)
+	go func() {
+		_, err := r.Apply(false)
+		applied <- err
+	}()
+	<-inPass
+	drifted := make(chan bool, 1)
+	deleted := peerState(2, mac(2)).Routes[0]
+	deleted.Protocol = kernel.RouteProtocol
+	go func() { drifted <- r.Drifted(kernel.Event{Route: &deleted, Deleted: true}) }()
+	select {
+	case d := <-drifted:
+		if !d {
+			t.Error("the deletion of an applied route is not drift")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Drifted waited for the pass's netlink calls")
+	}
+	close(release)
+	if err := <-applied; err != nil {
+		t.Fatal(err)
 	}
 }
