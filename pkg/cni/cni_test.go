@@ -1,10 +1,12 @@
 package cni
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -34,6 +36,21 @@ func testEnv() subnet.Env {
 		MTU:     1450,
 		IPMasq:  true,
 	}
+}
+
+// pluginEnv is what the plugin reads from the subnet.env flanneld writes
+// for e.
+func pluginEnv(t *testing.T, e subnet.Env) SubnetEnv {
+	t.Helper()
+	text, err := subnet.FormatEnv(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := ParseSubnetEnv(bytes.NewReader(text))
+	if err != nil {
+		t.Fatalf("%s: %v", text, err)
+	}
+	return env
 }
 
 func golden(t *testing.T, name string, v any) {
@@ -85,7 +102,7 @@ func TestDelegateConfigGolden(t *testing.T) {
 			if tt.env != nil {
 				tt.env(&env)
 			}
-			d, err := DelegateConfig(n, env)
+			d, err := DelegateConfig(n, pluginEnv(t, env))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -95,9 +112,21 @@ func TestDelegateConfigGolden(t *testing.T) {
 }
 
 func TestParseNetConfErrors(t *testing.T) {
-	for _, conf := range []string{`{`, `{"name":"x","delegate":{"type":5}}`, `{"name":"x","delegate":{"type":""}}`} {
+	for _, conf := range []string{`{`, `{"name":"x","delegate":"bridge"}`, `{"name":"x","ipam":[]}`} {
 		if _, err := ParseNetConf([]byte(conf)); err == nil {
 			t.Errorf("%s: no error", conf)
+		}
+	}
+	// The delegate block is checked at ADD only: DEL and CHECK use the
+	// configuration saved then.
+	for _, conf := range []string{`{"name":"x","delegate":{"type":5}}`, `{"name":"x","delegate":{"type":""}}`,
+		`{"name":"x","ipam":{"routes":{"dst":"10.0.0.0/8"}}}`, `{"name":"x","ipam":{"routes":[{"dst":"bogus"}]}}`} {
+		n, err := ParseNetConf([]byte(conf))
+		if err != nil {
+			t.Fatalf("%s: %v", conf, err)
+		}
+		if _, err := DelegateConfig(n, pluginEnv(t, testEnv())); err == nil {
+			t.Errorf("%s: DelegateConfig gave no error", conf)
 		}
 	}
 	n, err := ParseNetConf([]byte(`{"name":"x"}`))
@@ -118,6 +147,7 @@ type fakeDelegate struct {
 	calls   []string
 	confs   []string
 	failAdd bool
+	failDel bool
 }
 
 func (f *fakeDelegate) Add(_ context.Context, plugin string, conf []byte) (types.Result, error) {
@@ -125,7 +155,32 @@ func (f *fakeDelegate) Add(_ context.Context, plugin string, conf []byte) (types
 	if f.failAdd {
 		return nil, errors.New("bridge failed")
 	}
-	return &current.Result{CNIVersion: "1.0.0"}, nil
+	return hostLocalResult(conf)
+}
+
+// hostLocalResult is what bridge with host-local IPAM would report for
+// conf: the second address of each range (the first is the gateway's).
+func hostLocalResult(conf []byte) (types.Result, error) {
+	var c struct {
+		IPAM struct {
+			Ranges [][]struct {
+				Subnet string `json:"subnet"`
+			} `json:"ranges"`
+		} `json:"ipam"`
+	}
+	if err := json.Unmarshal(conf, &c); err != nil {
+		return nil, err
+	}
+	res := &current.Result{CNIVersion: "1.0.0"}
+	for _, r := range c.IPAM.Ranges {
+		p, err := netip.ParsePrefix(r[0].Subnet)
+		if err != nil {
+			return nil, err
+		}
+		addr := p.Addr().Next().Next()
+		res.IPs = append(res.IPs, &current.IPConfig{Address: net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(p.Bits(), addr.BitLen())}})
+	}
+	return res, nil
 }
 
 func (f *fakeDelegate) Check(_ context.Context, plugin string, conf []byte) error {
@@ -135,6 +190,9 @@ func (f *fakeDelegate) Check(_ context.Context, plugin string, conf []byte) erro
 
 func (f *fakeDelegate) Del(_ context.Context, plugin string, conf []byte) error {
 	f.calls, f.confs = append(f.calls, "DEL "+plugin), append(f.confs, string(conf))
+	if f.failDel {
+		return errors.New("bridge DEL failed")
+	}
 	return nil
 }
 
