@@ -19,7 +19,7 @@ func EnsureOnlyAddress(h *netlink.Handle, link netlink.Link, addr netip.Prefix) 
 	if addr.Addr().Is6() {
 		family = netlink.FAMILY_V6
 	}
-	addrs, err := h.AddrList(link, family)
+	addrs, err := Dump{h}.Addrs(link, family)
 	if err != nil {
 		return fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
 	}
@@ -54,9 +54,7 @@ func EnsureOnlyAddress(h *netlink.Handle, link netlink.Link, addr netip.Prefix) 
 // LinkPrefixes returns the IPv4 and IPv6 addresses of the link with index
 // linkIndex, each with its prefix length (IPv6 link-local ones left out).
 func LinkPrefixes(h *netlink.Handle, linkIndex int) ([]netip.Prefix, error) {
-	addrs, err := RetryDump(func() ([]netlink.Addr, error) {
-		return h.AddrList(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: linkIndex}}, netlink.FAMILY_ALL)
-	})
+	addrs, err := Dump{h}.Addrs(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: linkIndex}}, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, fmt.Errorf("list addresses of link %d: %w", linkIndex, err)
 	}

@@ -15,10 +15,6 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// dumpAttempts bounds how often a netlink dump interrupted by a concurrent
-// change is retried.
-const dumpAttempts = 5
-
 // LookupExternalInterface selects the external interface as upstream flannel
 // does. Each --iface is tried in order (a name, or an IP address owned by
 // the interface), then each --iface-regex (matched against the interfaces'
@@ -267,7 +263,7 @@ func (l *lookup) byDefaultRoute() (*ExternalInterface, error) {
 // defaultRouteLinkIndex returns the outgoing interface of the family's
 // default route in the main table with the lowest metric.
 func (l *lookup) defaultRouteLinkIndex(family int) (int, error) {
-	routes, err := RetryDump(func() ([]netlink.Route, error) { return l.h.RouteList(nil, family) })
+	routes, err := Dump{l.h}.Routes(nil, family)
 	if err != nil {
 		return 0, fmt.Errorf("listing %s routes: %w", familyName(family), err)
 	}
@@ -304,7 +300,7 @@ func (l *lookup) linkWithAddr(a netip.Addr) (netlink.Link, error) {
 	if a.Is4() {
 		family = netlink.FAMILY_V4
 	}
-	addrs, err := RetryDump(func() ([]netlink.Addr, error) { return l.h.AddrList(nil, family) })
+	addrs, err := Dump{l.h}.Addrs(nil, family)
 	if err != nil {
 		return nil, fmt.Errorf("listing %s addresses: %w", familyName(family), err)
 	}
@@ -336,7 +332,7 @@ func (l *lookup) firstUsableAddr(link netlink.Link, family int) (netip.Addr, err
 // kernel order; for IPv4, link-local addresses follow them as a fallback.
 // Addresses whose duplicate address detection failed are left out.
 func (l *lookup) usableAddrs(link netlink.Link, family int) ([]netip.Addr, error) {
-	addrs, err := RetryDump(func() ([]netlink.Addr, error) { return l.h.AddrList(link, family) })
+	addrs, err := Dump{l.h}.Addrs(link, family)
 	if err != nil {
 		return nil, fmt.Errorf("listing %s addresses of %s: %w", familyName(family), link.Attrs().Name, err)
 	}
@@ -358,7 +354,7 @@ func (l *lookup) usableAddrs(link netlink.Link, family int) ([]netip.Addr, error
 
 // links returns all interfaces ordered by index.
 func (l *lookup) links() ([]netlink.Link, error) {
-	links, err := RetryDump(l.h.LinkList)
+	links, err := Dump{l.h}.Links()
 	if err != nil {
 		return nil, fmt.Errorf("listing interfaces: %w", err)
 	}
@@ -391,22 +387,4 @@ func familyName(family int) string {
 		return "IPv6"
 	}
 	return "IPv4"
-}
-
-// RetryDump calls dump again when the kernel reports that the dump was
-// interrupted by a concurrent change (its results would be inconsistent).
-// After dumpAttempts interrupted dumps it gives up with an error wrapping
-// netlink.ErrDumpInterrupted and no results.
-func RetryDump[T any](dump func() (T, error)) (T, error) {
-	var (
-		v   T
-		err error
-	)
-	for range dumpAttempts {
-		if v, err = dump(); !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return v, err
-		}
-	}
-	var zero T
-	return zero, fmt.Errorf("netlink dump interrupted %d times: %w", dumpAttempts, err)
 }

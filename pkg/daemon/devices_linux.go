@@ -7,6 +7,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"k8s.io/klog/v2"
+
+	"github.com/flanneld/flanneld/ip"
 )
 
 // flannelDevice matches the names of the devices flannel backends create:
@@ -17,7 +19,7 @@ var flannelDevice = regexp.MustCompile(`^(flannel\.[0-9]+|flannel-v6\.[0-9]+|fla
 // another VNI) than the running one, left by a previous run with another
 // configuration. Their neighbours, FDB entries and routes go with them.
 func removeStaleDevices(h *netlink.Handle, keep []int) error {
-	links, err := h.LinkList()
+	links, err := ip.Dump{H: h}.Links()
 	if err != nil {
 		return fmt.Errorf("list links: %w", err)
 	}

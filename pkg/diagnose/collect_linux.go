@@ -206,7 +206,7 @@ func readDevices(h *netlink.Handle, links []int) ([]Device, error) {
 		}
 		a := link.Attrs()
 		d := Device{Name: a.Name, Index: a.Index, Type: link.Type(), MAC: a.HardwareAddr.String(), MTU: a.MTU, Up: a.Flags&net.FlagUp != 0}
-		addrs, err := h.AddrList(link, netlink.FAMILY_V4)
+		addrs, err := ip.Dump{H: h}.Addrs(link, netlink.FAMILY_V4)
 		if err != nil {
 			return nil, fmt.Errorf("list addresses of %s: %w", a.Name, err)
 		}

@@ -45,9 +45,7 @@ func addrFromIP(a net.IP) netip.Addr {
 // destination prefix (default routes included) and a single next hop.
 func (k *Netlink) ListRoutes() ([]Route, error) {
 	filter := &netlink.Route{Table: unix.RT_TABLE_MAIN}
-	nl, err := ip.RetryDump(func() ([]netlink.Route, error) {
-		return k.h.RouteListFiltered(netlink.FAMILY_ALL, filter, netlink.RT_FILTER_TABLE)
-	})
+	nl, err := ip.Dump{H: k.h}.RoutesFiltered(netlink.FAMILY_ALL, filter, netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return nil, fmt.Errorf("list routes: %w", err)
 	}
@@ -140,7 +138,7 @@ func family(a netip.Addr) int {
 func (k *Netlink) ListNeighs(linkIndex int) ([]Neigh, error) {
 	var out []Neigh
 	for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
-		nl, err := ip.RetryDump(func() ([]netlink.Neigh, error) { return k.h.NeighList(linkIndex, fam) })
+		nl, err := ip.Dump{H: k.h}.Neighs(linkIndex, fam)
 		if err != nil {
 			return nil, fmt.Errorf("list neighbours of link %d: %w", linkIndex, err)
 		}
@@ -185,7 +183,7 @@ func (k *Netlink) DelNeigh(n Neigh) error {
 // ListFDB returns the permanent FDB entries of a link that have a
 // destination address.
 func (k *Netlink) ListFDB(linkIndex int) ([]FDB, error) {
-	nl, err := ip.RetryDump(func() ([]netlink.Neigh, error) { return k.h.NeighList(linkIndex, unix.AF_BRIDGE) })
+	nl, err := ip.Dump{H: k.h}.Neighs(linkIndex, unix.AF_BRIDGE)
 	if err != nil {
 		return nil, fmt.Errorf("list FDB of link %d: %w", linkIndex, err)
 	}
