@@ -24,6 +24,11 @@ const (
 	// dropInvalid: not a well-formed IPv4 packet (IPv6 included), in either
 	// direction.
 	dropInvalid
+	// dropBadOffload: a packet from the TUN device whose virtio-net header
+	// does not fit it (checkOffload): a partial checksum outside the
+	// transport header's checksum field, TCP segmentation of what is not
+	// a TCP segment, an unknown GSO type.
+	dropBadOffload
 	// dropNoRoute: a packet for an address of the Network that no peer
 	// owns; an ICMP net-unreachable goes back to its sender.
 	dropNoRoute
@@ -42,6 +47,7 @@ var dropReasonNames = [numDropReasons]string{
 	dropInnerSource:      "inner_source",
 	dropInnerDestination: "inner_destination",
 	dropInvalid:          "invalid",
+	dropBadOffload:       "bad_offload",
 	dropNoRoute:          "no_route",
 	dropTTLExpired:       "ttl_expired",
 	dropSendError:        "send_error",

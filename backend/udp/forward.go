@@ -128,9 +128,10 @@ func (e *egress) end() {
 
 // take decides where the frame read from flannel0 (virtio-net header and
 // packet) goes: it drops what it cannot forward (sending an ICMP error
-// back where one is due), decrements the TTL, cuts a super-packet into
-// segments, and queues the packets for their peer. The frame is changed
-// in place and must stay untouched until the round's sends are done.
+// back where one is due) or whose virtio-net header does not fit the
+// packet, decrements the TTL, cuts a super-packet into segments, and
+// queues the packets for their peer. The frame is changed in place and
+// must stay untouched until the round's sends are done.
 func (e *egress) take(frame []byte) {
 	if len(frame) < vnetHdrLen {
 		e.f.drops.add(dropInvalid, 1, 0, nil)
@@ -144,6 +145,10 @@ func (e *egress) take(frame []byte) {
 		return
 	}
 	pkt = pkt[:n]
+	if checkOffload(pkt, h, len(frame)-vnetHdrLen) != nil {
+		e.f.drops.add(dropBadOffload, 1, 0, pkt)
+		return
+	}
 	dst := dstAddr(pkt)
 	if e.last == nil || dst != e.lastDst {
 		e.last, e.lastDst = e.f.peers.byDestination(dst), dst
@@ -159,29 +164,33 @@ func (e *egress) take(frame []byte) {
 		e.reply(pkt, icmpTimeExceeded, icmpTTLExceeded)
 		return
 	}
-	switch h.gsoType &^ vnetGSOECN {
-	case vnetGSONone:
+	e.queue(to, pkt, h)
+}
+
+// queue queues the packet pkt, checked by checkOffload, for the peer to:
+// its checksum completed, or cut into segments.
+func (e *egress) queue(to *peer, pkt []byte, h vnetHdr) {
+	if h.gsoType == vnetGSONone {
 		if h.flags&vnetFlagNeedsCsum != 0 && completeChecksum(pkt, h) != nil {
-			e.f.drops.add(dropInvalid, 1, 0, pkt)
+			e.f.drops.add(dropBadOffload, 1, 0, pkt)
 			return
 		}
 		e.add(to, outPacket{head: pkt})
-	case vnetGSOTCPv4:
-		var used int
-		var err error
-		e.segs, used, err = segmentTCP(pkt, int(h.gsoSize), e.headers[e.used:], e.segs[:0])
-		if err != nil {
-			e.f.drops.add(dropInvalid, 1, 0, pkt)
-			return
-		}
-		e.used += used
-		for _, s := range e.segs {
-			e.add(to, s)
-		}
-		clear(e.segs)
-	default:
-		e.f.drops.add(dropInvalid, 1, 0, pkt)
+		return
 	}
+	var used int
+	var err error
+	e.segs, used, err = segmentTCP(pkt, int(h.gsoSize), e.headers[e.used:], e.segs[:0])
+	if err != nil {
+		// gso_size so small that the segments' headers do not fit.
+		e.f.drops.add(dropBadOffload, 1, 0, pkt)
+		return
+	}
+	e.used += used
+	for _, s := range e.segs {
+		e.add(to, s)
+	}
+	clear(e.segs)
 }
 
 // room says whether the round can take another frame of any kind.

@@ -197,15 +197,131 @@ func TestEgressSegmentsOnePacketPerDatagram(t *testing.T) {
 	}
 }
 
+// udpPacket is a UDP/IPv4 datagram from 10.244.1.2:40000 to
+// 10.244.2.2:4789 carrying payload, without checksum.
+func udpPacket(payload []byte) []byte {
+	seg := make([]byte, udpHeaderLen+len(payload))
+	binary.BigEndian.PutUint16(seg[0:], 40000)
+	binary.BigEndian.PutUint16(seg[2:], 4789)
+	binary.BigEndian.PutUint16(seg[4:], uint16(len(seg)))
+	copy(seg[udpHeaderLen:], payload)
+	return ipv4Packet("10.244.1.2", "10.244.2.2", protoUDP, 64, seg)
+}
+
+// leavePartial leaves the checksum at start+off of p partial, as the
+// kernel does (VIRTIO_NET_HDR_F_NEEDS_CSUM): the sum of the
+// pseudo-header of the IPv4 header at ip and the transport header at
+// start.
+func leavePartial(p []byte, ip, start, off int) vnetHdr {
+	binary.BigEndian.PutUint16(p[start+off:], fold(pseudoHeaderSum(p[ip:], p[ip+9], len(p)-start)))
+	return vnetHdr{flags: vnetFlagNeedsCsum, csumStart: uint16(start), csumOffset: uint16(off)}
+}
+
+// transportChecksumValid says whether the transport header at start of
+// p, under the IPv4 header at ip, has a correct checksum.
+func transportChecksumValid(p []byte, ip, start int) bool {
+	return fold(sumBytes(p[start:], pseudoHeaderSum(p[ip:], p[ip+9], len(p)-start))) == 0xffff
+}
+
+// TestEgressCompletesPartialChecksum checks the checksums the kernel
+// leaves partial: a TCP or UDP packet's own, and an inner TCP header's
+// in a tunnel (IP in IP, a UDP tunnel such as VXLAN).
 func TestEgressCompletesPartialChecksum(t *testing.T) {
-	f := testForwarder()
-	e := newEgress(f)
-	p := tcpPacket(1, tcpACK, pattern(300))
-	binary.BigEndian.PutUint16(p[ipv4HeaderLen+16:], fold(pseudoHeaderSum(p, protoTCP, len(p)-ipv4HeaderLen)))
-	route(e, frame(vnetHdr{flags: vnetFlagNeedsCsum, csumStart: 20, csumOffset: 16}, p))
-	got := sent(t, e)["n2"]
-	if len(got) != 1 || !tcpChecksumValid(got[0], ipv4HeaderLen) {
-		t.Fatal("the partial checksum was not completed")
+	inner := tcpPacket(1, tcpACK, pattern(300))
+	vxlan := append(make([]byte, 8+14), inner...) // VXLAN and Ethernet headers, then the inner packet
+	for _, c := range []struct {
+		name      string
+		pkt       []byte
+		ip, start int // the IP and transport headers of the checksum
+		off       int
+	}{
+		{"TCP", tcpPacket(1, tcpACK, pattern(300)), 0, 20, 16},
+		{"UDP", udpPacket(pattern(301)), 0, 20, 6},
+		{"TCP in IP in IP", ipv4Packet("10.244.1.2", "10.244.2.2", protoIPIP, 64, inner), 20, 40, 16},
+		{"TCP in VXLAN", udpPacket(vxlan), 50, 70, 16},
+	} {
+		f := testForwarder()
+		e := newEgress(f)
+		route(e, frame(leavePartial(c.pkt, c.ip, c.start, c.off), c.pkt))
+		got := sent(t, e)["n2"]
+		if len(got) != 1 || !transportChecksumValid(got[0], c.ip, c.start) {
+			t.Errorf("%s: the partial checksum was not completed", c.name)
+		}
+		if c.ip > 0 && string(got[0][c.ip:]) != string(inner) {
+			t.Errorf("%s: the inner packet is not the packet tunnelled", c.name)
+		}
+	}
+}
+
+// TestEgressRefusesBadOffloads checks that a frame whose virtio-net header
+// does not fit its packet is dropped, counted as bad_offload, and not
+// sent. Acting on such a header would change the IP header (a partial
+// checksum completed at csum_start 0 overwrites the version, the TTL and
+// protocol or the source address, and the packet went out so) or
+// segment as TCP what is not TCP.
+func TestEgressRefusesBadOffloads(t *testing.T) {
+	tcp := tcpPacket(1, tcpACK, pattern(300))
+	udp := udpPacket(pattern(300))
+	ping := icmpEcho("10.244.1.5", "10.244.2.7")
+	shortUDP := ipv4Packet("10.244.1.2", "10.244.2.2", protoUDP, 64, make([]byte, 6))
+	shortTCP := ipv4Packet("10.244.1.2", "10.244.2.2", protoTCP, 64, make([]byte, 18))
+	big := tcpPacket(1, tcpACK, pattern(3000))
+	frag := tcpPacket(1, tcpACK, pattern(3000))
+	frag[6] |= 0x20 // more fragments
+	setIPv4Checksum(frag)
+	csum := func(start, off uint16) vnetHdr {
+		return vnetHdr{flags: vnetFlagNeedsCsum, csumStart: start, csumOffset: off}
+	}
+	tso := vnetHdr{flags: vnetFlagNeedsCsum, gsoType: vnetGSOTCPv4, gsoSize: 100, hdrLen: 52, csumStart: 20, csumOffset: 16}
+	with := func(change func(h *vnetHdr)) vnetHdr { h := tso; change(&h); return h }
+
+	for _, c := range []struct {
+		name string
+		hdr  vnetHdr
+		pkt  []byte
+	}{
+		{"checksum over the version", csum(0, 0), tcp},
+		{"checksum over TTL and protocol", csum(0, 8), tcp},
+		{"checksum over the header checksum", csum(0, 10), udp},
+		{"checksum over the source address", csum(0, 12), tcp},
+		{"checksum over the destination address", csum(0, 16), udp},
+		{"csum_start in the IP header", csum(12, 8), tcp},
+		{"csum_start short of the IP header", csum(19, 17), tcp},
+		{"TCP's field in a UDP packet", csum(20, 16), udp},
+		{"UDP's field in a TCP packet", csum(20, 6), tcp},
+		{"TCP's field in TCP payload", csum(52, 16), tcp},
+		{"inner checksum over the outer UDP header", csum(24, 6), udp},
+		{"checksum of ICMP", csum(20, 2), ping},
+		{"UDP header cut short", csum(20, 6), shortUDP},
+		{"csum_start past the packet", csum(65535, 16), tcp},
+		{"csum_offset past the packet", csum(20, 65535), tcp},
+		{"inner checksum past the packet", csum(uint16(len(udp)-6), 6), udp},
+		{"TCPv6 segmentation", with(func(h *vnetHdr) { h.gsoType = 4 }), tcp},
+		{"UDP segmentation", with(func(h *vnetHdr) { h.gsoType = 5 }), udp},
+		{"ECN without a GSO type", vnetHdr{gsoType: vnetGSOECN}, tcp},
+		{"TCP segmentation of UDP", tso, udp},
+		{"TCP segmentation of a fragment", tso, frag},
+		{"TCP segmentation without a TCP header", tso, shortTCP},
+		{"gso_size 0", with(func(h *vnetHdr) { h.gsoSize = 0 }), tcp},
+		{"hdr_len past the frame", with(func(h *vnetHdr) { h.hdrLen = uint16(len(tcp) + 1) }), tcp},
+		{"gso_size too small for the headers", with(func(h *vnetHdr) { h.gsoSize = 1 }), big},
+		{"segmentation with the checksum over the source address", with(func(h *vnetHdr) { h.csumStart, h.csumOffset = 0, 12 }), tcp},
+	} {
+		f := testForwarder()
+		e := newEgress(f)
+		route(e, frame(c.hdr, c.pkt))
+		if len(e.batches) != 0 || len(e.replies) != 0 {
+			t.Errorf("%s: %d sends, %d ICMP errors; want none", c.name, len(e.batches), len(e.replies))
+		}
+		counts := f.drops.snapshot()
+		if counts["bad_offload"] != 1 {
+			t.Errorf("%s: %d dropped for bad_offload, want 1", c.name, counts["bad_offload"])
+		}
+		for reason, n := range counts {
+			if reason != "bad_offload" && n != 0 {
+				t.Errorf("%s: %d dropped for %s, want none", c.name, n, reason)
+			}
+		}
 	}
 }
 
@@ -344,7 +460,7 @@ func TestNoAllocations(t *testing.T) {
 	f := testForwarder()
 	e := newEgress(f)
 	super := tcpPacket(1, tcpACK, pattern(60000))
-	fr := frame(vnetHdr{gsoType: vnetGSOTCPv4, gsoSize: 1420, hdrLen: 52, csumStart: 20, csumOffset: 16}, super)
+	fr := frame(vnetHdr{flags: vnetFlagNeedsCsum, gsoType: vnetGSOTCPv4, gsoSize: 1420, hdrLen: 52, csumStart: 20, csumOffset: 16}, super)
 	work := make([]byte, len(fr))
 	route(e, fr) // grow the buffers once
 	if n := testing.AllocsPerRun(20, func() {

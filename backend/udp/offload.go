@@ -13,6 +13,7 @@ package udp
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 )
 
 // vnetHdrLen is the size of struct virtio_net_hdr, the header in front of
@@ -61,15 +62,122 @@ func (h vnetHdr) encode(b []byte) {
 // over that flanneld cannot turn into wire packets.
 var errOffload = errors.New("unusable packet from the TUN device")
 
+// The virtio-net headers that do not fit their packet (checkOffload).
+// They are values made once: refusing a frame costs no allocation.
+var (
+	errGSOType   = fmt.Errorf("%w: unknown GSO type", errOffload)
+	errGSOPacket = fmt.Errorf("%w: TCP segmentation of what is not a whole, unfragmented TCP segment", errOffload)
+	errGSOSize   = fmt.Errorf("%w: TCP segmentation with gso_size 0", errOffload)
+	errHdrLen    = fmt.Errorf("%w: hdr_len past the frame", errOffload)
+	errCsumField = fmt.Errorf("%w: partial checksum not in a TCP or UDP header's checksum field", errOffload)
+)
+
+// Where TCP and UDP keep their checksums, from the start of their headers.
+const (
+	tcpCsumOffset = 16
+	udpCsumOffset = 6
+)
+
+// checkOffload checks that the virtio-net header h fits the well-formed
+// IPv4 packet pkt it came with (frameLen bytes followed the header in the
+// frame, pkt and maybe padding), so that acting on it cannot change
+// anything in pkt but a transport checksum, nor read or write outside it:
+//   - the GSO type is none or TCPv4, with or without ECN;
+//   - TCPv4 (checkGSO): pkt is a TCP segment, not a fragment, with its
+//     whole TCP header; gso_size is not 0; hdr_len does not go past the
+//     frame;
+//   - NEEDS_CSUM: the checksum is one checksumField accepts.
+//
+// The other flags (DATA_VALID) are ignored, and so are csum_start and
+// csum_offset without NEEDS_CSUM, as the virtio-net header defines them.
+func checkOffload(pkt []byte, h vnetHdr, frameLen int) error {
+	switch h.gsoType {
+	case vnetGSONone:
+	case vnetGSOTCPv4, vnetGSOTCPv4 | vnetGSOECN:
+		if err := checkGSO(pkt, h, frameLen); err != nil {
+			return err
+		}
+	default:
+		return errGSOType
+	}
+	if h.flags&vnetFlagNeedsCsum != 0 {
+		if _, err := checksumField(pkt, h); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkGSO checks the GSO fields of h, of type TCPv4, against pkt (see
+// checkOffload). hdr_len is how much of the packet the kernel had in its
+// linear part, a hint only (the kernel itself, reading a frame from a TUN
+// device, raises one too small): segmentTCP takes the header lengths from
+// the headers, so only an hdr_len past the frame is refused.
+func checkGSO(pkt []byte, h vnetHdr, frameLen int) error {
+	iph := ihl(pkt)
+	if pkt[9] != protoTCP || isFragment(pkt) || len(pkt) < iph+tcpHeaderLen {
+		return errGSOPacket
+	}
+	if thl := int(pkt[iph+12]>>4) * 4; thl < tcpHeaderLen || len(pkt) < iph+thl {
+		return errGSOPacket
+	}
+	if h.gsoSize == 0 {
+		return errGSOSize
+	}
+	if int(h.hdrLen) > frameLen {
+		return errHdrLen
+	}
+	return nil
+}
+
+// checksumField returns the offset in the well-formed IPv4 packet pkt of
+// the checksum the virtio-net header h leaves partial (NEEDS_CSUM), which
+// must be one the kernel leaves partial: that of the TCP or UDP header
+// that follows the IP header (csum_start is the IP header's length,
+// csum_offset 16 for TCP or 6 for UDP, as the IP protocol says), or that
+// of an inner TCP or UDP header in a tunnel (IP in IP, GRE, a UDP tunnel:
+// the kernel leaves the inner checksum to a device that offloads
+// checksums of encapsulated packets, as TUN devices do on recent
+// kernels), at least an IPv4 header past the IP header, so past any outer
+// UDP header. Either way the transport header must be whole in pkt: the
+// checksum lies in the IP payload, past the outer header, and completing
+// it changes nothing that routes the packet.
+func checksumField(pkt []byte, h vnetHdr) (int, error) {
+	iph, start, off := ihl(pkt), int(h.csumStart), int(h.csumOffset)
+	thl := 0
+	switch proto := pkt[9]; {
+	case start == iph && proto == protoTCP && off == tcpCsumOffset:
+		thl = tcpHeaderLen
+	case start == iph && proto == protoUDP && off == udpCsumOffset:
+		thl = udpHeaderLen
+	case start >= iph+ipv4HeaderLen && tunnels(proto) && off == tcpCsumOffset:
+		thl = tcpHeaderLen
+	case start >= iph+ipv4HeaderLen && tunnels(proto) && off == udpCsumOffset:
+		thl = udpHeaderLen
+	default:
+		return 0, errCsumField
+	}
+	if start+thl > len(pkt) {
+		return 0, errCsumField
+	}
+	return start + off, nil
+}
+
+// tunnels says whether packets of IP protocol proto may carry packets.
+func tunnels(proto uint8) bool {
+	return proto == protoUDP || proto == protoIPIP || proto == protoIPv6 || proto == protoGRE
+}
+
 // completeChecksum finishes the transport checksum of a packet the kernel
 // left partial (VIRTIO_NET_HDR_F_NEEDS_CSUM: the checksum field holds the
-// pseudo-header's sum; the rest is to be summed from csumStart).
+// pseudo-header's sum; the rest is to be summed from csumStart). It
+// refuses, changing nothing, a checksum that checksumField refuses.
 func completeChecksum(pkt []byte, h vnetHdr) error {
-	start, at := int(h.csumStart), int(h.csumStart)+int(h.csumOffset)
-	if start > len(pkt) || at+2 > len(pkt) || at < start {
-		return errOffload
+	at, err := checksumField(pkt, h)
+	if err != nil {
+		return err
 	}
-	binary.BigEndian.PutUint16(pkt[at:], ^fold(sumBytes(pkt[start:], 0)))
+	binary.BigEndian.PutUint16(pkt[at:], ^fold(sumBytes(pkt[h.csumStart:], 0)))
 	return nil
 }
 

@@ -114,8 +114,19 @@ func TestCompleteChecksum(t *testing.T) {
 	if !bytes.Equal(p, want) {
 		t.Fatalf("checksum %x, want %x", p[ipv4HeaderLen+16:ipv4HeaderLen+18], want[ipv4HeaderLen+16:ipv4HeaderLen+18])
 	}
-	if err := completeChecksum(p, vnetHdr{csumStart: uint16(len(p)), csumOffset: 16}); err == nil {
-		t.Error("completed a checksum beyond the packet")
+	// Nowhere but in the TCP header's checksum field: not beyond the
+	// packet, nor over the IP header (csum_start 0 and offset 12 would
+	// sum the packet into its source address).
+	for _, h := range []vnetHdr{
+		{csumStart: uint16(len(p)), csumOffset: 16},
+		{csumStart: ipv4HeaderLen, csumOffset: uint16(len(p))},
+		{csumStart: 0, csumOffset: 12},
+		{csumStart: 0, csumOffset: 36},
+		{csumStart: ipv4HeaderLen, csumOffset: 6},
+	} {
+		if err := completeChecksum(p, h); err == nil || !bytes.Equal(p, want) {
+			t.Errorf("completed a checksum at %d+%d (error %v)", h.csumStart, h.csumOffset, err)
+		}
 	}
 }
 

@@ -11,9 +11,14 @@ import (
 const (
 	ipv4HeaderLen = 20
 	tcpHeaderLen  = 20
+	udpHeaderLen  = 8
 	icmpHeaderLen = 8
 	protoICMP     = 1
+	protoIPIP     = 4
 	protoTCP      = 6
+	protoUDP      = 17
+	protoIPv6     = 41
+	protoGRE      = 47
 
 	// ICMP errors the forwarder sends (RFC 792).
 	icmpDestUnreachable = 3
