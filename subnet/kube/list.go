@@ -33,8 +33,9 @@ type Leases struct {
 	ann Annotations
 }
 
-// leasesPageSize is the page size of ListLeases' List of Nodes.
-const leasesPageSize = 500
+// leasesPageSize is the page size of ListLeases' List of Nodes (see
+// listPageSize).
+const leasesPageSize = listPageSize
 
 // ListLeases lists the Nodes once (in pages) and returns this node's lease, the
 // peers' leases and the nodes skipped for unusable annotations, as the
