@@ -115,27 +115,32 @@ func FormatEnv(e Env) ([]byte, error) {
 // WriteEnvFile writes e to path atomically: it creates the directory (mode
 // 0755) if needed, writes a temporary file next to path, syncs it and renames
 // it over path, so a reader sees the old or the new file, never a part.
-func WriteEnvFile(path string, e Env) error {
+func WriteEnvFile(path string, e Env) error { return writeEnvFile(path, e, (*os.File).Sync) }
+
+// writeEnvFile is WriteEnvFile with the sync of a test's disk.
+func writeEnvFile(path string, e Env, sync func(*os.File) error) error {
 	data, err := FormatEnv(e)
 	if err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
-	if err := writeFileAtomic(path, data, 0o644); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := WriteFileAtomic(path, data, 0o644, sync); err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	return nil
 }
 
-// syncFile is (*os.File).Sync; tests replace it to simulate a failing disk.
-var syncFile = (*os.File).Sync
-
-// writeFileAtomic replaces path with data through a temporary file in the
-// same directory; on failure path is left as it was.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
+// WriteFileAtomic replaces path with data so that a crash leaves the old
+// file or the new one, never a part: it writes a temporary file in the same
+// directory (created exclusively, so nothing planted there is followed),
+// gives it perm, syncs it, renames it over path (which replaces a symlink
+// at path instead of writing through it) and syncs the directory. sync is
+// (*os.File).Sync, or a test's stand-in for a failing disk. On failure path
+// is left as it was.
+func WriteFileAtomic(path string, data []byte, perm os.FileMode, sync func(*os.File) error) (err error) {
 	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return err
@@ -153,7 +158,7 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
 	if err := f.Chmod(perm); err != nil {
 		return err
 	}
-	if err := syncFile(f); err != nil {
+	if err := sync(f); err != nil {
 		return err
 	}
 	if err := f.Close(); err != nil {
@@ -162,12 +167,12 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
 	if err := os.Rename(tmp, path); err != nil {
 		return err
 	}
-	// Make the rename itself durable; the file is in place either way.
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
 	}
-	return nil
+	defer d.Close()
+	return sync(d)
 }
 
 // ReadEnvFile reads and parses the subnet.env at path. When the file does
@@ -193,18 +198,7 @@ func ReadEnvFile(path string) (Env, error) {
 func ParseEnv(r io.Reader) (Env, error) {
 	var e Env
 	var haveMTU, haveIPMasq bool
-	sc := bufio.NewScanner(r)
-	for lineNo := 1; sc.Scan(); lineNo++ {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		key, value, ok := strings.Cut(line, "=")
-		if !ok {
-			return Env{}, fmt.Errorf("line %d: expected KEY=VALUE, got %q", lineNo, truncate(line))
-		}
-		key, value = strings.TrimSpace(key), unquote(strings.TrimSpace(value))
-		var err error
+	err := ScanEnv(r, func(key, value string) (err error) {
 		switch key {
 		case envNetwork:
 			e.Network, err = parseEnvPrefix(key, value)
@@ -227,12 +221,10 @@ func ParseEnv(r io.Reader) (Env, error) {
 			}
 			haveIPMasq = true
 		}
-		if err != nil {
-			return Env{}, fmt.Errorf("line %d: %w", lineNo, err)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return Env{}, fmt.Errorf("reading subnet.env: %w", err)
+		return err
+	})
+	if err != nil {
+		return Env{}, err
 	}
 	var errs []error
 	if !haveMTU {
@@ -245,6 +237,31 @@ func ParseEnv(r io.Reader) (Env, error) {
 		return Env{}, fmt.Errorf("invalid subnet.env: %w", err)
 	}
 	return e, nil
+}
+
+// ScanEnv reads subnet.env text and calls set for each KEY=VALUE line, the
+// key and value trimmed and the value's quotes (double or single) removed;
+// blank lines and # comments are skipped. A non-blank line without "=" is
+// an error, and so is an error of set; both name the line.
+func ScanEnv(r io.Reader, set func(key, value string) error) error {
+	sc := bufio.NewScanner(r)
+	for lineNo := 1; sc.Scan(); lineNo++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		key, value, ok := strings.Cut(line, "=")
+		if !ok {
+			return fmt.Errorf("line %d: expected KEY=VALUE, got %q", lineNo, truncate(line))
+		}
+		if err := set(strings.TrimSpace(key), unquote(strings.TrimSpace(value))); err != nil {
+			return fmt.Errorf("line %d: %w", lineNo, err)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("reading subnet.env: %w", err)
+	}
+	return nil
 }
 
 // parseEnvPrefix parses a CIDR value of subnet.env; an empty value means

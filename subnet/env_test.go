@@ -149,11 +149,7 @@ func TestWriteEnvFileFailureKeepsOldFile(t *testing.T) {
 
 	t.Run("sync fails", func(t *testing.T) {
 		errDisk := errors.New("simulated disk failure")
-		orig := syncFile
-		syncFile = func(*os.File) error { return errDisk }
-		t.Cleanup(func() { syncFile = orig })
-
-		err := WriteEnvFile(path, dualStackEnv)
+		err := writeEnvFile(path, dualStackEnv, func(*os.File) error { return errDisk })
 		if !errors.Is(err, errDisk) || !strings.Contains(err.Error(), path) {
 			t.Errorf("WriteEnvFile error = %v, want the disk error naming %s", err, path)
 		}

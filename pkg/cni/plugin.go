@@ -106,15 +106,7 @@ func (p Plugin) Add(ctx context.Context, containerID string, stdin []byte) (type
 // idempotent) and, after saying so, when what is saved cannot be used: no
 // retry would change that, and failing would leave the pod stuck.
 func (p Plugin) Del(ctx context.Context, containerID string, stdin []byte) error {
-	n, err := ParseNetConf(stdin)
-	if err != nil {
-		return err
-	}
-	path, err := statePath(n, containerID)
-	if err != nil {
-		return err
-	}
-	s, err := loadDelegate(path)
+	path, s, err := loadState(containerID, stdin)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		return nil
@@ -133,18 +125,25 @@ func (p Plugin) Del(ctx context.Context, containerID string, stdin []byte) error
 	return removeState(path)
 }
 
-// Check delegates CHECK with the saved configuration and the runtime's
-// prevResult.
-func (p Plugin) Check(ctx context.Context, containerID string, stdin []byte) error {
+// loadState reads the delegate configuration saved for containerID by the
+// network configuration stdin, and says where it is kept.
+func loadState(containerID string, stdin []byte) (string, *savedDelegate, error) {
 	n, err := ParseNetConf(stdin)
 	if err != nil {
-		return err
+		return "", nil, err
 	}
 	path, err := statePath(n, containerID)
 	if err != nil {
-		return err
+		return "", nil, err
 	}
 	s, err := loadDelegate(path)
+	return path, s, err
+}
+
+// Check delegates CHECK with the saved configuration and the runtime's
+// prevResult.
+func (p Plugin) Check(ctx context.Context, containerID string, stdin []byte) error {
+	_, s, err := loadState(containerID, stdin)
 	if errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("no saved configuration for container %s: it was not added by this plugin", containerID)
 	}

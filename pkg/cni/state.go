@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/flanneld/flanneld/subnet"
 )
 
 // maxSavedConf bounds what is read back from dataDir; a delegate
@@ -30,46 +32,15 @@ func statePath(n *NetConf, containerID string) (string, error) {
 	return filepath.Join(n.DataDir, containerID), nil
 }
 
-// saveDelegate stores conf at path so that a crash leaves the old file or
-// the new one, never a part: it writes a temporary file in the same
-// directory (created exclusively with mode 0600, so nothing planted there is
-// followed), syncs it, renames it over path (which replaces a symlink at
-// path instead of writing through it) and syncs the directory.
-// sync is (*os.File).Sync, or a test's stand-in for a failing disk.
-func saveDelegate(path string, conf []byte, sync func(*os.File) error) (err error) {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+// saveDelegate stores conf at path (mode 0600, in a directory of mode
+// 0700) with subnet.WriteFileAtomic: a crash leaves the old file or the new
+// one, never a part, and nothing planted at path is written through. sync
+// is (*os.File).Sync, or a test's stand-in for a failing disk.
+func saveDelegate(path string, conf []byte, sync func(*os.File) error) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if _, err := f.Write(conf); err != nil {
-		return err
-	}
-	if err := sync(f); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return sync(d)
+	return subnet.WriteFileAtomic(path, conf, 0o600, sync)
 }
 
 // savedDelegate is a delegate configuration read back from dataDir.

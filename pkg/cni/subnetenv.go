@@ -1,7 +1,6 @@
 package cni
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/flanneld/flanneld/ip"
+	"github.com/flanneld/flanneld/subnet"
 )
 
 // The keys of subnet.env the plugin reads.
@@ -71,24 +71,12 @@ func ReadSubnetEnv(path string) (SubnetEnv, error) {
 func ParseSubnetEnv(r io.Reader) (SubnetEnv, error) {
 	var e SubnetEnv
 	seen := map[string]bool{}
-	sc := bufio.NewScanner(r)
-	for lineNo := 1; sc.Scan(); lineNo++ {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		key, value, ok := strings.Cut(line, "=")
-		if !ok {
-			return SubnetEnv{}, fmt.Errorf("line %d: expected KEY=VALUE, got %q", lineNo, truncate(line))
-		}
-		key, value = strings.TrimSpace(key), unquote(strings.TrimSpace(value))
-		if err := e.set(key, value); err != nil {
-			return SubnetEnv{}, fmt.Errorf("line %d: %w", lineNo, err)
-		}
+	err := subnet.ScanEnv(r, func(key, value string) error {
 		seen[key] = true
-	}
-	if err := sc.Err(); err != nil {
-		return SubnetEnv{}, fmt.Errorf("read subnet.env: %w", err)
+		return e.set(key, value)
+	})
+	if err != nil {
+		return SubnetEnv{}, err
 	}
 	if m := e.missing(seen); len(m) > 0 {
 		return SubnetEnv{}, fmt.Errorf("missing %s", strings.Join(m, ", "))
@@ -110,11 +98,11 @@ func (e *SubnetEnv) set(key, value string) error {
 		e.IPv6Subnet, err = parsePrefix(key, value)
 	case keyMTU:
 		if e.MTU, err = strconv.Atoi(value); err != nil {
-			err = fmt.Errorf("%s %q is not a number", key, truncate(value))
+			err = fmt.Errorf("%s %s is not a number", key, subnet.Quote(value))
 		}
 	case keyIPMasq:
 		if e.IPMasq, err = strconv.ParseBool(value); err != nil {
-			err = fmt.Errorf("%s %q is not true or false", key, truncate(value))
+			err = fmt.Errorf("%s %s is not true or false", key, subnet.Quote(value))
 		}
 	}
 	return err
@@ -182,7 +170,7 @@ func parseNetworks(key, value string) ([]netip.Prefix, error) {
 			return nil, err
 		}
 		if !p.IsValid() {
-			return nil, fmt.Errorf("%s %q has an empty entry", key, truncate(value))
+			return nil, fmt.Errorf("%s %s has an empty entry", key, subnet.Quote(value))
 		}
 		if !slices.Contains(nets, p) {
 			nets = append(nets, p)
@@ -198,7 +186,7 @@ func parsePrefix(key, value string) (netip.Prefix, error) {
 	}
 	p, err := netip.ParsePrefix(value)
 	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("%s %q is not a CIDR", key, truncate(value))
+		return netip.Prefix{}, fmt.Errorf("%s %s is not a CIDR", key, subnet.Quote(value))
 	}
 	return p.Masked(), nil
 }
@@ -209,21 +197,4 @@ func joinPrefixes(ps []netip.Prefix) string {
 		s[i] = p.String()
 	}
 	return strings.Join(s, ",")
-}
-
-// unquote strips one pair of matching surrounding quotes.
-func unquote(s string) string {
-	if len(s) >= 2 && (s[0] == '"' || s[0] == '\'') && s[len(s)-1] == s[0] {
-		return s[1 : len(s)-1]
-	}
-	return s
-}
-
-// truncate shortens s for an error message.
-func truncate(s string) string {
-	const maxLen = 60
-	if len(s) > maxLen {
-		return s[:maxLen] + "..."
-	}
-	return s
 }
