@@ -92,8 +92,11 @@ func etcdPeerState(hosts []bareHost, self int) peerState {
 }
 
 // leaseValue is the lease value upstream flannel writes for h.
-func (h bareHost) leaseValue() string {
-	return fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"%s"}}`, h.node.IP, h.mac)
+func (h bareHost) leaseValue() string { return etcdLeaseValue(h.node.IP.String(), h.mac) }
+
+// etcdLeaseValue is a vxlan lease value as upstream flannel writes it.
+func etcdLeaseValue(publicIP, mac string) string {
+	return fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":%q}}`, publicIP, mac)
 }
 
 func (h bareHost) nodeName() string { return h.node.Name }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/flanneld/flanneld/e2e/lab"
@@ -190,22 +191,31 @@ func waitEvent(t testing.TB, l *lab.Lab, node, reason string) string {
 	t.Helper()
 	var desc string
 	lab.WaitFor(t, fmt.Sprintf("a %s event on Node %s", reason, node), convergeTimeout, func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		list, err := l.Client().CoreV1().Events("default").List(ctx, metav1.ListOptions{
-			FieldSelector: "involvedObject.kind=Node,involvedObject.name=" + node + ",reason=" + reason,
-		})
+		events, err := nodeEvents(l, node, reason)
 		if err != nil {
 			return err
 		}
-		if len(list.Items) == 0 {
+		if len(events) == 0 {
 			return fmt.Errorf("none yet")
 		}
-		e := list.Items[0]
+		e := events[0]
 		desc = fmt.Sprintf("%s %s %s (source %s/%s, count %d)", e.Type, e.Reason, e.Message, e.Source.Component, e.Source.Host, e.Count)
 		return nil
 	})
 	return desc
+}
+
+// nodeEvents lists the Events on Node node with reason.
+func nodeEvents(l *lab.Lab, node, reason string) ([]corev1.Event, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	list, err := l.Client().CoreV1().Events("default").List(ctx, metav1.ListOptions{
+		FieldSelector: "involvedObject.kind=Node,involvedObject.name=" + node + ",reason=" + reason,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return list.Items, nil
 }
 
 // promText is a scrape: the value of each series, by its name and labels

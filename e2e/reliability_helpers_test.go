@@ -92,11 +92,17 @@ func stateFor(peers ...peer) peerState {
 // flannelAnnotations are the annotations flanneld writes on its own Node,
 // for a fake peer.
 func flannelAnnotations(p peer) map[string]string {
+	return backendAnnotations("vxlan", fmt.Sprintf(`{"VNI":1,"VtepMAC":%q}`, p.MAC), p.PublicIP)
+}
+
+// backendAnnotations are the annotations flanneld writes on its own Node
+// for backend type backendType with backend-data backendData.
+func backendAnnotations(backendType, backendData, publicIP string) map[string]string {
 	return map[string]string{
 		annotationPrefix + "kube-subnet-manager": "true",
-		annotationPrefix + "backend-type":        "vxlan",
-		annotationPrefix + "backend-data":        fmt.Sprintf(`{"VNI":1,"VtepMAC":%q}`, p.MAC),
-		annotationPrefix + "public-ip":           p.PublicIP,
+		annotationPrefix + "backend-type":        backendType,
+		annotationPrefix + "backend-data":        backendData,
+		annotationPrefix + "public-ip":           publicIP,
 	}
 }
 
@@ -308,6 +314,11 @@ func checkNoTraceOf(ns, cidr, mac string) error {
 	if mac == "" {
 		return nil
 	}
+	return checkNoFDBEntry(ns, mac)
+}
+
+// checkNoFDBEntry checks that flannel.1 in ns has no FDB entry for mac.
+func checkNoFDBEntry(ns, mac string) error {
 	fdb, err := lab.ShowFDB(ns, vxlanDevice)
 	if err != nil {
 		return err

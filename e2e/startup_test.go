@@ -93,6 +93,24 @@ func checkRefusesConfig(t *testing.T, l *lab.Lab, n *lab.Node, conf string, why 
 // status 1, says why on stderr (matching why), and left no trace.
 func checkRefusedUntouched(t *testing.T, l *lab.Lab, n *lab.Node, p *lab.Process, why *regexp.Regexp) {
 	t.Helper()
+	checkRefusedExit(t, n, p, why)
+	if ann, err := nodeAnnotations(l, n.Name); err != nil {
+		t.Error(err)
+	} else if len(ann) > 0 {
+		t.Errorf("Node %s was annotated: %v", n.Name, ann)
+	}
+	if out, err := lab.Exec(n.Netns, "iptables-save"); err != nil {
+		t.Error(err)
+	} else if strings.Contains(out, "FLANNEL") {
+		t.Errorf("firewall rules were installed:\n%s", out)
+	}
+}
+
+// checkRefusedExit checks that flanneld p, started on n, exits with status
+// 1, says why on stderr (matching why), and created neither flannel.1 nor
+// subnet.env (in Kubernetes mode and in etcd mode).
+func checkRefusedExit(t *testing.T, n *lab.Node, p *lab.Process, why *regexp.Regexp) {
+	t.Helper()
 	code, exited := p.WaitExit(exitTimeout)
 	if !exited {
 		t.Fatalf("flanneld still running %v after start with a bad configuration; stderr:\n%s", exitTimeout, p.Log())
@@ -111,16 +129,6 @@ func checkRefusedUntouched(t *testing.T, l *lab.Lab, n *lab.Node, p *lab.Process
 	}
 	if _, err := os.Stat(n.SubnetFile); err == nil {
 		t.Errorf("subnet.env was written")
-	}
-	if ann, err := nodeAnnotations(l, n.Name); err != nil {
-		t.Error(err)
-	} else if len(ann) > 0 {
-		t.Errorf("Node %s was annotated: %v", n.Name, ann)
-	}
-	if out, err := lab.Exec(n.Netns, "iptables-save"); err != nil {
-		t.Error(err)
-	} else if strings.Contains(out, "FLANNEL") {
-		t.Errorf("firewall rules were installed:\n%s", out)
 	}
 }
 

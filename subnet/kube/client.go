@@ -21,9 +21,11 @@ import (
 // more than the core/v1 types: client-go's generated clientset registers
 // every API group at start-up, which costs a small agent about 10 MiB.
 type Client interface {
-	// ListNodes lists Nodes. The Nodes returned may hold only what
-	// flanneld reads (name, UID, resourceVersion, annotations, podCIDRs).
-	ListNodes(ctx context.Context, opts metav1.ListOptions) (*v1.NodeList, error)
+	// ListNodes lists Nodes, and says how many bytes the answer took (0 if
+	// it cannot tell). The Nodes returned may hold only what flanneld
+	// reads (name, UID, resourceVersion, creationTimestamp, annotations,
+	// podCIDRs).
+	ListNodes(ctx context.Context, opts metav1.ListOptions) (*v1.NodeList, int, error)
 	WatchNodes(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error)
 	// PatchNodeStatus patches a Node through its status subresource
 	// (which also takes metadata such as annotations).
@@ -70,19 +72,20 @@ func NewClient(kubeconfig, apiURL, userAgent string) (Client, error) {
 	return &restClient{rc: rc}, nil
 }
 
-func (c *restClient) ListNodes(ctx context.Context, opts metav1.ListOptions) (*v1.NodeList, error) {
+func (c *restClient) ListNodes(ctx context.Context, opts metav1.ListOptions) (*v1.NodeList, int, error) {
 	body, err := c.rc.Get().Resource("nodes").VersionedParams(&opts, paramCodec).Do(ctx).Raw()
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if isProtobuf(body) {
-		return decodeNodeList(body)
+		list, err := decodeNodeList(body)
+		return list, len(body), err
 	}
 	list := &v1.NodeList{}
 	if err := runtime.DecodeInto(clientCodecs.UniversalDeserializer(), body, list); err != nil {
-		return nil, fmt.Errorf("decode node list: %w", err)
+		return nil, 0, fmt.Errorf("decode node list: %w", err)
 	}
-	return list, nil
+	return list, len(body), nil
 }
 
 func (c *restClient) WatchNodes(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {

@@ -16,8 +16,12 @@ type clientset struct{ kubernetes.Interface }
 
 var _ Client = clientset{}
 
-func (c clientset) ListNodes(ctx context.Context, opts metav1.ListOptions) (*v1.NodeList, error) {
-	return c.CoreV1().Nodes().List(ctx, opts)
+func (c clientset) ListNodes(ctx context.Context, opts metav1.ListOptions) (*v1.NodeList, int, error) {
+	list, err := c.CoreV1().Nodes().List(ctx, opts)
+	if err != nil {
+		return nil, 0, err
+	}
+	return list, list.Size(), nil
 }
 
 func (c clientset) WatchNodes(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {

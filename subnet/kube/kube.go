@@ -199,27 +199,12 @@ func (s *Source) Start(ctx context.Context, peers *subnet.Peers) error {
 	return nil
 }
 
-// listPageSize bounds how many whole Node objects are read at once. A Node
-// may carry 256 KiB of annotations that flanneld never reads (tools keep
-// state there), and a page is read whole before it is decoded: 100 such
-// Nodes are 25 MiB, which keeps flanneld well under its 128 MiB limit at
-// start-up; 500 took it to 148 MiB. A kubelet-sized Node is some 10 KiB, so
-// a 10,000-node cluster costs 100 requests.
-const listPageSize = 100
-
-// listStripped lists the Nodes page by page, keeping only what flanneld
-// reads of each, so that the initial list of a large cluster never holds
-// every whole Node object in memory at once.
+// listStripped lists the Nodes page by page (see pageNodes), keeping only
+// what flanneld reads of each, so that the initial list of a large cluster
+// never holds every whole Node object in memory at once.
 func (s *Source) listStripped(ctx context.Context, o metav1.ListOptions) (*v1.NodeList, error) {
-	// A paged list needs a consistent read, not "any version" (RV 0).
-	o.ResourceVersion, o.ResourceVersionMatch = "", ""
-	o.Limit = listPageSize
 	out := &v1.NodeList{}
-	for {
-		page, err := s.cfg.Client.ListNodes(ctx, o)
-		if err != nil {
-			return nil, err
-		}
+	rv, err := pageNodes(ctx, s.cfg.Client, o, func(page *v1.NodeList) {
 		if out.Items == nil {
 			out.Items = make([]v1.Node, 0, len(page.Items)+int(ptrOr(page.RemainingItemCount, 0)))
 		}
@@ -227,12 +212,12 @@ func (s *Source) listStripped(ctx context.Context, o metav1.ListOptions) (*v1.No
 			stripped, _ := s.ann.stripNode(&page.Items[i])
 			out.Items = append(out.Items, *stripped.(*v1.Node))
 		}
-		out.ResourceVersion = page.ResourceVersion
-		if page.Continue == "" {
-			return out, nil
-		}
-		o.Continue = page.Continue
+	})
+	if err != nil {
+		return nil, err
 	}
+	out.ResourceVersion = rv
+	return out, nil
 }
 
 func ptrOr(p *int64, def int64) int64 {

@@ -33,10 +33,6 @@ type Leases struct {
 	ann Annotations
 }
 
-// leasesPageSize is the page size of ListLeases' List of Nodes (see
-// listPageSize).
-const leasesPageSize = listPageSize
-
 // ListLeases lists the Nodes once (in pages) and returns this node's lease, the
 // peers' leases and the nodes skipped for unusable annotations, as the
 // daemon's lease source would see them.
@@ -45,17 +41,9 @@ func ListLeases(ctx context.Context, client Client, prefix, ownName string) (*Le
 		prefix = DefaultAnnotationPrefix
 	}
 	var nodes []v1.Node
-	opts := metav1.ListOptions{Limit: leasesPageSize}
-	for {
-		page, err := client.ListNodes(ctx, opts)
-		if err != nil {
-			return nil, fmt.Errorf("list nodes: %w", err)
-		}
-		nodes = append(nodes, page.Items...)
-		if page.Continue == "" {
-			break
-		}
-		opts.Continue = page.Continue
+	_, err := pageNodes(ctx, client, metav1.ListOptions{}, func(page *v1.NodeList) { nodes = append(nodes, page.Items...) })
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
 	}
 	ls := &Leases{ann: NewAnnotations(prefix), Skipped: map[string]error{}}
 	for i := range nodes {
