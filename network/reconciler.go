@@ -6,14 +6,9 @@ package network
 
 import (
 	"cmp"
-	"errors"
-	"fmt"
-	"maps"
 	"slices"
 	"sync"
 	"time"
-
-	"k8s.io/klog/v2"
 
 	"github.com/flanneld/flanneld/pkg/kernel"
 )
@@ -139,275 +134,6 @@ func NewReconciler(k kernel.Interface) *Reconciler {
 	r.neighs = newTable("neighbour", &r.amu, k.SetNeigh, k.SetNeigh, k.DelNeigh, neighLess)
 	r.fdbs = newTable("fdb", &r.amu, k.SetFDB, k.SetFDB, k.DelFDB, fdbLess)
 	return r
-}
-
-// claim is an owner's wish for a key that another owner holds.
-type claim[V any] struct {
-	owner string
-	v     V
-}
-
-// failure is a key whose last kernel call failed.
-type failure struct {
-	err      string
-	attempts int
-	next     time.Time
-}
-
-// table is one kind of kernel entry: what is desired and by whom, what was
-// applied as far as flanneld knows, and which keys changed since the last
-// pass.
-type table[K comparable, V comparable] struct {
-	kind    string
-	desired map[K]V
-	holder  map[K]string
-	// waiting are the claims of other owners on held keys, oldest first
-	// (rare: the sync loop keeps peers from sharing keys).
-	waiting map[K][]claim[V]
-	// applied and failed are read by Drifted while a pass runs: they are
-	// written under amu (shared by the tables), read under it by others.
-	amu     *sync.RWMutex
-	applied map[K]V
-	dirty   map[K]struct{}
-	failed  map[K]*failure
-	// create adds an entry the kernel is not known to hold for flanneld;
-	// set replaces one flanneld holds.
-	create, set, del func(V) error
-	less             func(a, b K) int
-}
-
-func newTable[K comparable, V comparable](kind string, amu *sync.RWMutex, create, set, del func(V) error, less func(a, b K) int) table[K, V] {
-	return table[K, V]{kind: kind, desired: map[K]V{}, holder: map[K]string{}, waiting: map[K][]claim[V]{},
-		amu: amu, applied: map[K]V{}, dirty: map[K]struct{}{}, failed: map[K]*failure{},
-		create: create, set: set, del: del, less: less}
-}
-
-// setApplied records that the kernel holds v at k.
-func (t *table[K, V]) setApplied(k K, v V) {
-	t.amu.Lock()
-	t.applied[k] = v
-	t.amu.Unlock()
-}
-
-// forget records that the kernel holds nothing of flanneld's at k.
-func (t *table[K, V]) forget(k K) {
-	t.amu.Lock()
-	delete(t.applied, k)
-	t.amu.Unlock()
-}
-
-// clearFailure forgets k's failure.
-func (t *table[K, V]) clearFailure(k K) {
-	t.amu.Lock()
-	delete(t.failed, k)
-	t.amu.Unlock()
-}
-
-// setDesired makes v the desired value of k, held by owner.
-func (t *table[K, V]) setDesired(owner string, k K, v V) {
-	t.holder[k] = owner
-	if cur, ok := t.desired[k]; !ok || cur != v {
-		t.desired[k] = v
-		t.dirty[k] = struct{}{}
-		t.clearFailure(k) // a new value is tried at once
-	}
-}
-
-func (t *table[K, V]) want(owner string, k K, v V) {
-	if h, ok := t.holder[k]; ok && h != owner {
-		w := slices.DeleteFunc(t.waiting[k], func(c claim[V]) bool { return c.owner == owner })
-		t.waiting[k] = append(w, claim[V]{owner, v})
-		return
-	}
-	t.setDesired(owner, k, v)
-}
-
-func (t *table[K, V]) unwant(owner string, k K) {
-	if h, ok := t.holder[k]; !ok || h != owner {
-		if w := slices.DeleteFunc(t.waiting[k], func(c claim[V]) bool { return c.owner == owner }); len(w) > 0 {
-			t.waiting[k] = w
-		} else {
-			delete(t.waiting, k)
-		}
-		return
-	}
-	if w := t.waiting[k]; len(w) > 0 {
-		if len(w) == 1 {
-			delete(t.waiting, k)
-		} else {
-			t.waiting[k] = w[1:]
-		}
-		t.setDesired(w[0].owner, k, w[0].v)
-		return
-	}
-	delete(t.desired, k)
-	delete(t.holder, k)
-	t.clearFailure(k)
-	t.dirty[k] = struct{}{}
-}
-
-func (t *table[K, V]) clearDesired() {
-	for k := range t.desired {
-		t.dirty[k] = struct{}{}
-	}
-	clear(t.desired)
-	clear(t.holder)
-	clear(t.waiting)
-	t.amu.Lock()
-	clear(t.failed)
-	t.amu.Unlock()
-}
-
-// keys returns the keys a pass looks at, sorted: the dirty ones for an
-// incremental pass; for a full pass every key desired, applied or in the
-// kernel.
-func (t *table[K, V]) keys(actual map[K]V) []K {
-	if actual == nil {
-		return slices.SortedFunc(maps.Keys(t.dirty), t.less)
-	}
-	all := maps.Clone(t.dirty)
-	for k := range t.desired {
-		all[k] = struct{}{}
-	}
-	for k := range t.applied {
-		all[k] = struct{}{}
-	}
-	for k := range actual {
-		all[k] = struct{}{}
-	}
-	return slices.SortedFunc(maps.Keys(all), t.less)
-}
-
-// due reports whether a failing key may be tried now; if not, it stays
-// dirty and res learns when it is due.
-func (t *table[K, V]) due(k K, now time.Time, res *Result) bool {
-	f := t.failed[k]
-	if f == nil || !now.Before(f.next) {
-		return true
-	}
-	t.dirty[k] = struct{}{}
-	res.retryAt(f.next)
-	return false
-}
-
-// fail records a failed kernel call for k: the key stays dirty and is
-// retried with backoff; a new failure (or a new error) is reported once.
-func (t *table[K, V]) fail(k K, v V, err error, now time.Time, res *Result) {
-	f := t.failed[k]
-	if f == nil {
-		f = &failure{}
-		t.amu.Lock()
-		t.failed[k] = f
-		t.amu.Unlock()
-	}
-	if f.attempts == 0 || f.err != err.Error() {
-		res.Failures = append(res.Failures, EntryFailure{Kind: t.kind, Entry: fmt.Sprint(v), Owner: t.holder[k],
-			Conflict: errors.Is(err, kernel.ErrExists), Err: err})
-	}
-	f.attempts++
-	f.err = err.Error()
-	f.next = now.Add(min(retryMin<<min(f.attempts-1, 20), retryMax))
-	t.dirty[k] = struct{}{}
-	res.retryAt(f.next)
-}
-
-// succeeded forgets k's failure, if any, reporting the recovery.
-func (t *table[K, V]) succeeded(k K, v V, res *Result) {
-	if _, ok := t.failed[k]; ok {
-		t.clearFailure(k)
-		res.Recovered = append(res.Recovered, EntryFailure{Kind: t.kind, Entry: fmt.Sprint(v), Owner: t.holder[k]})
-	}
-}
-
-// add makes the kernel hold every desired entry among keys. actual is nil
-// for an incremental pass (compare with what was applied), else the
-// kernel's view of what flanneld owns.
-func (t *table[K, V]) add(keys []K, actual map[K]V, now time.Time, res *Result) {
-	for _, k := range keys {
-		want, ok := t.desired[k]
-		if !ok {
-			continue
-		}
-		have, applied := t.applied[k]
-		kernelHas, inKernel := actual[k] // flanneld's own entry at k, full passes only
-		if actual != nil {
-			if inKernel && kernelHas == want {
-				t.setApplied(k, want)
-				delete(t.dirty, k)
-				t.succeeded(k, want, res)
-				continue
-			}
-			if applied && have == want {
-				// flanneld had installed exactly this and the kernel lost it.
-				reason := "missing"
-				if inKernel {
-					reason = fmt.Sprintf("changed to %v", kernelHas)
-				}
-				res.repaired(t.kind, fmt.Sprintf("%v: %s", want, reason))
-			}
-		} else if applied && have == want {
-			delete(t.dirty, k)
-			continue
-		}
-		if !t.due(k, now, res) {
-			continue
-		}
-		apply := t.create
-		if applied || inKernel {
-			apply = t.set // flanneld's own entry: replace it
-		}
-		if err := apply(want); err != nil {
-			t.forget(k)
-			t.fail(k, want, err, now, res)
-			continue
-		}
-		t.setApplied(k, want)
-		delete(t.dirty, k)
-		t.succeeded(k, want, res)
-		res.Added++
-		klog.V(4).InfoS("Programmed", "kind", t.kind, "entry", want)
-	}
-}
-
-// remove deletes the entries among keys that are not desired: those
-// applied (incremental pass) or, on a full pass, those the kernel has.
-func (t *table[K, V]) remove(keys []K, actual map[K]V, now time.Time, res *Result) {
-	for _, k := range keys {
-		if _, ok := t.desired[k]; ok {
-			continue
-		}
-		stale, ok := t.applied[k]
-		if actual != nil {
-			stale, ok = actual[k]
-		}
-		if !ok {
-			t.forget(k)
-			delete(t.dirty, k)
-			t.clearFailure(k)
-			continue
-		}
-		if !t.due(k, now, res) {
-			continue
-		}
-		err := t.del(stale)
-		if err != nil && !errors.Is(err, kernel.ErrNotFound) {
-			t.fail(k, stale, err, now, res)
-			continue
-		}
-		t.forget(k)
-		delete(t.dirty, k)
-		t.clearFailure(k)
-		if err == nil {
-			res.Removed++
-			klog.V(4).InfoS("Removed", "kind", t.kind, "entry", stale)
-		}
-	}
-}
-
-// conflict returns the owner other than owner that holds k.
-func (t *table[K, V]) conflict(owner string, k K) (string, bool) {
-	h, ok := t.holder[k]
-	return h, ok && h != owner
 }
 
 func routeLess(a, b kernel.RouteKey) int {
@@ -543,19 +269,11 @@ func (r *Reconciler) Apply(full bool) (Result, error) {
 			return Result{}, err
 		}
 	}
+	r.takeNotes(full)
 	routeKeys, neighKeys, fdbKeys := r.routes.keys(snap.Routes), r.neighs.keys(snap.Neighs), r.fdbs.keys(snap.FDBs)
 
 	var res Result
 	now := r.now()
-	r.amu.Lock()
-	for k := range r.retryNow {
-		if f := r.routes.failed[k]; f != nil {
-			f.next = time.Time{}
-		}
-		r.routes.dirty[k] = struct{}{}
-	}
-	clear(r.retryNow)
-	r.amu.Unlock()
 	r.neighs.add(neighKeys, snap.Neighs, now, &res)
 	r.fdbs.add(fdbKeys, snap.FDBs, now, &res)
 	r.routes.add(routeKeys, snap.Routes, now, &res)
@@ -566,11 +284,29 @@ func (r *Reconciler) Apply(full bool) (Result, error) {
 	return res, nil
 }
 
+// takeNotes folds what Drifted noted into the pass about to start:
+// drifted entries to restore, failing routes to retry at once.
+func (r *Reconciler) takeNotes(full bool) {
+	r.amu.Lock()
+	defer r.amu.Unlock()
+	r.routes.takeSuspects(full)
+	r.neighs.takeSuspects(full)
+	r.fdbs.takeSuspects(full)
+	for k := range r.retryNow {
+		if f := r.routes.failed[k]; f != nil {
+			f.next = time.Time{}
+		}
+		r.routes.dirty[k] = struct{}{}
+	}
+	clear(r.retryNow)
+}
+
 // Drifted reports whether a kernel change notification contradicts what
 // the reconciler applied: an entry it installed was deleted or changed by
-// someone else. Notifications of its own changes are not drift. The
-// deletion of a route whose key a failing entry wants (another agent's
-// route was in the way) makes that entry due at once.
+// someone else. Notifications of its own changes are not drift. The entry
+// is noted, and the next pass, incremental or full, restores it (logged in
+// Result.Repaired). The deletion of a route whose key a failing entry wants
+// (another agent's route was in the way) makes that entry due at once.
 func (r *Reconciler) Drifted(ev kernel.Event) bool {
 	r.amu.Lock()
 	defer r.amu.Unlock()
@@ -580,14 +316,11 @@ func (r *Reconciler) Drifted(ev kernel.Event) bool {
 			r.retryNow[ev.Route.Key()] = struct{}{}
 			return true
 		}
-		have, ok := r.routes.applied[ev.Route.Key()]
-		return ok && (ev.Deleted || *ev.Route != have)
+		return r.routes.noteDrift(ev.Route.Key(), *ev.Route, ev.Deleted)
 	case ev.Neigh != nil:
-		have, ok := r.neighs.applied[ev.Neigh.Key()]
-		return ok && (ev.Deleted || *ev.Neigh != have)
+		return r.neighs.noteDrift(ev.Neigh.Key(), *ev.Neigh, ev.Deleted)
 	case ev.FDB != nil:
-		have, ok := r.fdbs.applied[ev.FDB.Key()]
-		return ok && (ev.Deleted || *ev.FDB != have)
+		return r.fdbs.noteDrift(ev.FDB.Key(), *ev.FDB, ev.Deleted)
 	}
 	return false
 }

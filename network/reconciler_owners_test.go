@@ -234,3 +234,43 @@ func TestDriftedDuringApply(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestDriftRepairedPerEntry: the kernel's notification names the entry
+// that drifted; an incremental pass restores that entry alone, without
+// reading the kernel, and reports the repair.
+func TestDriftRepairedPerEntry(t *testing.T) {
+	f := kernel.NewFake()
+	r := NewReconciler(f)
+	if _, err := r.Sync(stateOf(2, 3, 4), true); err != nil {
+		t.Fatal(err)
+	}
+	rt := peerState(3, mac(3)).Routes[0]
+	rt.Protocol = kernel.RouteProtocol
+	delete(f.Routes, rt.Key())
+	changed := peerState(4, mac(4)).FDBs[0]
+	changed.Dst = netip.MustParseAddr("192.168.100.99")
+	f.FDBs[changed.Key()] = changed
+	if !r.Drifted(kernel.Event{Route: &rt, Deleted: true}) || !r.Drifted(kernel.Event{FDB: &changed}) {
+		t.Fatal("drift not noticed")
+	}
+	if r.Drifted(kernel.Event{Route: &rt}) {
+		t.Error("the notification of flanneld's own route is drift")
+	}
+	f.ResetCalls()
+	res, err := r.Apply(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Repaired) != 2 || res.Kinds["route"] != 1 || res.Kinds["fdb"] != 1 {
+		t.Fatalf("repairs %v", res.Repaired)
+	}
+	want := "[SetFDB 0a:00:00:00:00:04 dst 192.168.100.4 dev 7 SetRoute 10.244.3.0/24 via 10.244.3.0 dev 7 onlink]"
+	if got := fmt.Sprint(f.Calls); got != want {
+		t.Fatalf("calls %s, want %s (the two entries only)", got, want)
+	}
+	// Nothing left to repair.
+	f.ResetCalls()
+	if res, _ := r.Apply(false); len(f.Calls) != 0 || len(res.Repaired) != 0 {
+		t.Fatalf("second pass: %v %v", f.Calls, res.Repaired)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -51,8 +52,10 @@ type syncLoop struct {
 	localAddrs func() ([]netip.Prefix, error)
 
 	// drift is signalled (coalesced) when the kernel reports that
-	// something flanneld owns changed.
-	drift chan struct{}
+	// something flanneld owns changed; fullWanted when that needs a full
+	// pass, not only the entries the reconciler noted.
+	drift      chan struct{}
+	fullWanted atomic.Bool
 
 	base network.State
 
@@ -107,12 +110,20 @@ func (l *syncLoop) setBase(base network.State) {
 	l.base = base
 }
 
-// kick asks for a full pass because the kernel drifted.
+// kick asks for a pass because the kernel drifted: an incremental one
+// restores the entries the reconciler noted.
 func (l *syncLoop) kick() {
 	select {
 	case l.drift <- struct{}{}:
 	default:
 	}
+}
+
+// kickFull asks for a full pass: the device changed, notifications were
+// lost, or what this node reaches may have changed.
+func (l *syncLoop) kickFull() {
+	l.fullWanted.Store(true)
+	l.kick()
 }
 
 func (l *syncLoop) ownedLinks() []int {
@@ -121,18 +132,20 @@ func (l *syncLoop) ownedLinks() []int {
 	return l.owned
 }
 
+// loopState is what the sync loop carries from one pass to the next.
+type loopState struct {
+	full       bool             // the next pass is a full one (so is the first)
+	synced     bool             // the lease source has delivered its initial view
+	ready      bool             // the node is reported ready
+	wait       <-chan time.Time // a retry, or a rate-limited repair
+	retryDelay time.Duration
+}
+
 func (l *syncLoop) run(ctx context.Context) {
 	resync := time.NewTicker(l.resync)
 	defer resync.Stop()
 	limiter := rate.NewLimiter(rate.Every(repairInterval), repairBurst)
-	var (
-		wait       <-chan time.Time // a retry or a rate-limited repair
-		retryDelay = time.Second
-		synced     bool // the lease source has delivered its initial view
-		first      = true
-		full       bool
-		ready      bool
-	)
+	s := &loopState{full: true, retryDelay: time.Second}
 	l.status.Beat()
 	for {
 		select {
@@ -140,80 +153,19 @@ func (l *syncLoop) run(ctx context.Context) {
 			return
 		case <-l.peers.Changed():
 		case <-resync.C:
-			full = true
+			s.full = true
 		case <-l.drift:
-			full = true
+			s.full = s.full || l.fullWanted.Swap(false)
 			if d := limiter.Reserve().Delay(); d > 0 {
 				klog.V(2).InfoS("Rate-limiting drift repair", "delay", d)
-				wait = time.After(d)
+				s.wait = time.After(d)
 				continue
 			}
-		case <-wait:
-			wait = nil
+		case <-s.wait:
+			s.wait = nil
 		}
-		fail := func(what string, err error) {
-			klog.ErrorS(err, what+" failed; retrying", "retryIn", retryDelay)
-			l.metrics.SyncErrors.Inc()
-			if ready {
-				ready = false
-				l.status.SetReady(false, what+" failed: "+err.Error())
-			}
-			wait = time.After(retryDelay)
-			retryDelay = min(2*retryDelay, maxRetryDelay)
-		}
-		if full || first {
-			if err := l.ensureDevice(ctx); err != nil {
-				fail("Device check", err)
-				continue
-			}
-			l.refreshRules()
-		}
-		synced = l.drain(first || full) || synced
-		if !synced {
-			// Never program, let alone prune, before every peer is known.
-			l.status.Beat()
+		if !l.pass(ctx, s) {
 			continue
-		}
-		kind := "incremental"
-		if first || full {
-			kind = "full"
-		}
-		start := time.Now()
-		res, err := l.reconciler.Apply(first || full)
-		elapsed := time.Since(start)
-		l.metrics.SyncPasses.WithLabelValues(kind).Inc()
-		l.metrics.SyncDuration.WithLabelValues(kind).Observe(elapsed.Seconds())
-		for _, r := range res.Repaired {
-			klog.InfoS("Repaired drift", "entry", r)
-		}
-		for k, n := range res.Kinds {
-			l.metrics.DriftRepairs.WithLabelValues(k).Add(float64(n))
-		}
-		known := l.peers.Len()
-		l.metrics.PeersKnown.Set(float64(known))
-		l.metrics.PeersSkipped.Set(float64(known - len(l.states)))
-		l.reportEntries(res)
-		if err != nil {
-			fail("Sync", err)
-			continue
-		}
-		if !res.RetryAt.IsZero() && wait == nil {
-			// Entries that failed are retried with backoff; the node is
-			// ready with the rest.
-			wait = time.After(time.Until(res.RetryAt))
-		}
-		retryDelay = time.Second
-		l.status.Beat()
-		l.metrics.LastSync.SetToCurrentTime()
-		l.metrics.PeersProgrammed.Set(float64(len(l.states)))
-		klog.V(2).InfoS("Synced peers", "peers", len(l.states), "kind", kind,
-			"added", res.Added, "removed", res.Removed, "duration", elapsed)
-		full, first = false, false
-		l.verbose = true
-		if !ready {
-			ready = true
-			l.status.SetReady(true, "")
-			l.onReady()
 		}
 		// Bound the pass rate: events arriving meanwhile are coalesced.
 		select {
@@ -222,6 +174,87 @@ func (l *syncLoop) run(ctx context.Context) {
 		case <-time.After(minSyncInterval):
 		}
 	}
+}
+
+// pass runs one pass, full or incremental, and reports whether it
+// succeeded. Before the lease source has synced it programs nothing.
+func (l *syncLoop) pass(ctx context.Context, s *loopState) bool {
+	if s.full {
+		if err := l.ensureDevice(ctx); err != nil {
+			l.failed(s, "Device check", err)
+			return false
+		}
+		l.refreshRules()
+	}
+	s.synced = l.drain(s.full) || s.synced
+	if !s.synced {
+		// Never program, let alone prune, before every peer is known.
+		l.status.Beat()
+		return false
+	}
+	res, err := l.reconcile(s.full)
+	if err != nil {
+		l.failed(s, "Sync", err)
+		return false
+	}
+	if !res.RetryAt.IsZero() && s.wait == nil {
+		// Entries that failed are retried with backoff; the node is ready
+		// with the rest.
+		s.wait = time.After(time.Until(res.RetryAt))
+	}
+	s.full, s.retryDelay = false, time.Second
+	l.verbose = true
+	l.status.Beat()
+	l.metrics.LastSync.SetToCurrentTime()
+	if !s.ready {
+		s.ready = true
+		l.status.SetReady(true, "")
+		l.onReady()
+	}
+	return true
+}
+
+// reconcile lets the reconciler apply the desired state, and logs and
+// counts what it did.
+func (l *syncLoop) reconcile(full bool) (network.Result, error) {
+	kind := "incremental"
+	if full {
+		kind = "full"
+	}
+	start := time.Now()
+	res, err := l.reconciler.Apply(full)
+	elapsed := time.Since(start)
+	l.metrics.SyncPasses.WithLabelValues(kind).Inc()
+	l.metrics.SyncDuration.WithLabelValues(kind).Observe(elapsed.Seconds())
+	for _, r := range res.Repaired {
+		klog.InfoS("Repaired drift", "entry", r)
+	}
+	for k, n := range res.Kinds {
+		l.metrics.DriftRepairs.WithLabelValues(k).Add(float64(n))
+	}
+	known := l.peers.Len()
+	l.metrics.PeersKnown.Set(float64(known))
+	l.metrics.PeersSkipped.Set(float64(known - len(l.states)))
+	l.metrics.PeersProgrammed.Set(float64(len(l.states)))
+	l.reportEntries(res)
+	if err == nil {
+		klog.V(2).InfoS("Synced peers", "peers", len(l.states), "kind", kind,
+			"added", res.Added, "removed", res.Removed, "duration", elapsed)
+	}
+	return res, err
+}
+
+// failed reports a failed pass: the node is not ready until a pass
+// succeeds, which is retried with backoff.
+func (l *syncLoop) failed(s *loopState, what string, err error) {
+	klog.ErrorS(err, what+" failed; retrying", "retryIn", s.retryDelay)
+	l.metrics.SyncErrors.Inc()
+	if s.ready {
+		s.ready = false
+		l.status.SetReady(false, what+" failed: "+err.Error())
+	}
+	s.wait = time.After(s.retryDelay)
+	s.retryDelay = min(2*s.retryDelay, maxRetryDelay)
 }
 
 // watchKernel turns the kernel's change notifications into full passes,
@@ -234,17 +267,17 @@ func (l *syncLoop) watchKernel(ctx context.Context, extIndex int) {
 	kernel.Subscribe(ctx, nil, func(ev kernel.Event) {
 		switch {
 		case ev.Lost:
-			l.kick()
+			l.kickFull()
 		case ev.Link != nil:
 			if slices.Contains(l.ownedLinks(), ev.Link.Index) && (ev.Link.Deleted || !ev.Link.Up) {
 				klog.InfoS("Device changed; repairing", "device", ev.Link.Name, "deleted", ev.Link.Deleted, "up", ev.Link.Up)
-				l.kick()
+				l.kickFull()
 			}
 			if ev.Link.Index == extIndex {
 				if ev.Link.Up && !extUp {
 					klog.InfoS("External interface is up again; resyncing", "interface", ev.Link.Name)
 					l.peers.MarkAllDirty() // reachability may have changed
-					l.kick()
+					l.kickFull()
 				}
 				extUp = ev.Link.Up
 			}
@@ -253,7 +286,7 @@ func (l *syncLoop) watchKernel(ctx context.Context, extIndex int) {
 			// IPv6 address often returns after its link is up).
 			if ev.Addr.LinkIndex == extIndex && !ev.Deleted {
 				klog.V(2).InfoS("External interface got an address; resyncing", "address", ev.Addr.Addr)
-				l.kick()
+				l.kickFull()
 			}
 		case l.reconciler.Drifted(ev):
 			klog.V(2).InfoS("Kernel entry changed by someone else", "event", ev)
