@@ -269,8 +269,13 @@ func (l *syncLoop) watchKernel(ctx context.Context, extIndex int) {
 		case ev.Lost:
 			l.kickFull()
 		case ev.Link != nil:
-			if slices.Contains(l.ownedLinks(), ev.Link.Index) && (ev.Link.Deleted || !ev.Link.Up) {
-				klog.InfoS("Device changed; repairing", "device", ev.Link.Name, "deleted", ev.Link.Deleted, "up", ev.Link.Up)
+			if slices.Contains(l.ownedLinks(), ev.Link.Index) {
+				// Deleted, set down, or changed (another MAC, MTU): the
+				// device check of a full pass puts it right. (Rate-limited,
+				// as flanneld's own changes notify too.)
+				if ev.Link.Deleted || !ev.Link.Up {
+					klog.InfoS("Device changed; repairing", "device", ev.Link.Name, "deleted", ev.Link.Deleted, "up", ev.Link.Up)
+				}
 				l.kickFull()
 			}
 			if ev.Link.Index == extIndex {
