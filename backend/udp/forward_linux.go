@@ -75,6 +75,8 @@ func openTUN(name string) (*tunDevice, error) {
 type sys struct {
 	conn *udpConn
 	wake int // eventfd: the loop wakes up when it is written
+	// errorLog rate-limits the logging of failing system calls.
+	errorLog struct{ read, recv, send, write sometimes }
 
 	mu      sync.Mutex
 	dev     *tunDevice
@@ -161,9 +163,7 @@ func (b *Backend) Forward(ctx context.Context) error {
 	return err
 }
 
-// errorLog rate-limits the logging of failing system calls.
-var errorLog struct{ read, recv, send, write sometimes }
-
+// sometimes says when to log a repeated failure again.
 type sometimes struct{ next atomic.Int64 }
 
 // ok says whether it is time to log again (at most every dropLogInterval).
@@ -282,7 +282,7 @@ func (l *egressLoop) read(ctx context.Context, dev *tunDevice) bool {
 		return false
 	default:
 		l.f.drops.add(dropInvalid, 1, 0, nil)
-		if errorLog.read.ok() {
+		if l.f.errorLog.read.ok() {
 			klog.ErrorS(readErr, "Reading from the TUN device failed", "device", DeviceName)
 		}
 		sleep(ctx, errorBackoff)
@@ -351,7 +351,7 @@ func (o *output) dropped(pkts []outPacket, to fmt.Stringer, err error) {
 		first = pkts[0].head
 	}
 	o.f.drops.add(dropSendError, len(pkts), 0, first)
-	if errorLog.send.ok() {
+	if o.f.errorLog.send.ok() {
 		klog.ErrorS(err, "Sending to a peer failed", "peer", to)
 	}
 }
@@ -377,7 +377,7 @@ func (l *ingressLoop) receive(ctx context.Context) error {
 	case err == unix.EAGAIN:
 		return nil
 	case err != nil:
-		if errorLog.recv.ok() {
+		if l.f.errorLog.recv.ok() {
 			klog.ErrorS(err, "Receiving datagrams failed")
 		}
 		sleep(ctx, errorBackoff)
@@ -414,7 +414,7 @@ func (w *tunWriter) write(frame []byte) {
 		}
 		if err != nil {
 			w.f.drops.add(dropWriteError, 1, 0, frame[vnetHdrLen:])
-			if errorLog.write.ok() {
+			if w.f.errorLog.write.ok() {
 				klog.ErrorS(err, "Writing to the TUN device failed", "device", DeviceName)
 			}
 		}
