@@ -4,6 +4,7 @@
 package ip
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 )
@@ -137,4 +138,19 @@ func IPNetFromPrefix(p netip.Prefix) *net.IPNet {
 		IP:   p.Addr().AsSlice(),
 		Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen()),
 	}
+}
+
+// ParseAddrOf parses an address of one family (IPv4 with want4, else
+// IPv6), without a zone; an IPv4-mapped IPv6 address is not IPv4. The
+// error says which family was expected, for the caller to name the value.
+func ParseAddrOf(s string, want4 bool) (netip.Addr, error) {
+	family := "IPv6"
+	if want4 {
+		family = "IPv4"
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Is4() != want4 || a.Zone() != "" {
+		return netip.Addr{}, fmt.Errorf("not an %s address", family)
+	}
+	return a, nil
 }

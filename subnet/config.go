@@ -409,9 +409,9 @@ func decodeLen(key string, raw json.RawMessage, maxLen int) (int, error) {
 
 // decodeAddr decodes an address of the family.
 func decodeAddr(key string, raw json.RawMessage, wantV4 bool) (netip.Addr, error) {
-	example, family := "fd00:10:244:100::", "IPv6"
+	example := "fd00:10:244:100::"
 	if wantV4 {
-		example, family = "10.244.100.0", "IPv4"
+		example = "10.244.100.0"
 	}
 	if isAbsent(raw) {
 		return netip.Addr{}, nil
@@ -420,12 +420,12 @@ func decodeAddr(key string, raw json.RawMessage, wantV4 bool) (netip.Addr, error
 	if err != nil {
 		return netip.Addr{}, err
 	}
-	a, err := netip.ParseAddr(strings.TrimSpace(s))
-	if err != nil {
+	if _, err := netip.ParseAddr(strings.TrimSpace(s)); err != nil {
 		return netip.Addr{}, fmt.Errorf("%s %q is not an IP address like %q: %w", key, s, example, err)
 	}
-	if a.Is4() != wantV4 || a.Zone() != "" {
-		return netip.Addr{}, fmt.Errorf("%s %s is not an %s address", key, a, family)
+	a, err := ip.ParseAddrOf(strings.TrimSpace(s), wantV4)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("%s %s is %w", key, strings.TrimSpace(s), err)
 	}
 	return a, nil
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flanneld/flanneld/ip"
 	"github.com/flanneld/flanneld/subnet/kube"
 )
 
@@ -129,13 +130,13 @@ func (o *Options) publicIP(s string, want4 bool) (netip.Addr, error) {
 	if s == "" {
 		return netip.Addr{}, nil
 	}
-	flag, family := "--public-ip", "IPv4"
+	flag := "--public-ip"
 	if !want4 {
-		flag, family = "--public-ipv6", "IPv6"
+		flag = "--public-ipv6"
 	}
-	a, err := netip.ParseAddr(s)
-	if err != nil || a.Is4() != want4 {
-		return netip.Addr{}, fmt.Errorf("%s %q is not an %s address", flag, s, family)
+	a, err := ip.ParseAddrOf(s, want4)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("%s %q is %w", flag, s, err)
 	}
 	return a, nil
 }

@@ -313,7 +313,6 @@ func (s *Source) AcquireLease(ctx context.Context, attrs subnet.LeaseAttrs) (sub
 	return l, nil
 }
 
-
 func (s *Source) reportExpiry(id clientv3.LeaseID) {
 	if s.cfg.OnExpiry == nil {
 		return

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/flanneld/flanneld/ip"
 	"github.com/flanneld/flanneld/subnet"
 )
 
@@ -99,9 +100,9 @@ func leaseFromKV(name string, data []byte, created int64) (subnet.Lease, error) 
 		if s == nil || *s == "" {
 			return netip.Addr{}, nil
 		}
-		a, err := netip.ParseAddr(*s)
-		if err != nil || a.Is4() != want4 {
-			return netip.Addr{}, fmt.Errorf("lease %s has a malformed public IP %s", name, subnet.Quote(*s))
+		a, err := ip.ParseAddrOf(*s, want4)
+		if err != nil {
+			return netip.Addr{}, fmt.Errorf("lease %s has a malformed public IP %s: %w", name, subnet.Quote(*s), err)
 		}
 		return a, nil
 	}

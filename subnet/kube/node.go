@@ -12,6 +12,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/flanneld/flanneld/ip"
 	"github.com/flanneld/flanneld/subnet"
 )
 
@@ -135,9 +136,9 @@ func parseAddrAnnotation(n *v1.Node, key string, want4 bool) (netip.Addr, error)
 	if err != nil || s == "" {
 		return netip.Addr{}, err
 	}
-	a, err := netip.ParseAddr(s)
-	if err != nil || a.Is4() != want4 || a.Zone() != "" {
-		return netip.Addr{}, fmt.Errorf("node %s has a malformed %s annotation %s", n.Name, key, subnet.Quote(s))
+	a, err := ip.ParseAddrOf(s, want4)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("node %s has a malformed %s annotation %s: %w", n.Name, key, subnet.Quote(s), err)
 	}
 	return a, nil
 }
