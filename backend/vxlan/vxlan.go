@@ -121,7 +121,7 @@ func parseData(name string, f backend.Family, vni int) (kernel.MAC, error) {
 	if err != nil {
 		return kernel.MAC{}, fmt.Errorf("%w: peer %s has a bad VtepMAC %s", ErrPeerData, name, subnet.Quote(d.VtepMAC))
 	}
-	if mac.IsZero() || mac[0]&1 == 1 {
+	if !mac.IsUnicast() {
 		return kernel.MAC{}, fmt.Errorf("%w: peer %s has VtepMAC %s, which is not a unicast address", ErrPeerData, name, mac)
 	}
 	return mac, nil

@@ -162,7 +162,7 @@ func (b *Backend) previousMAC(ipv6 bool, prev *subnet.LeaseAttrs) net.HardwareAd
 		return nil
 	}
 	mac, err := kernel.ParseMAC(d.VtepMAC)
-	if err != nil || mac.IsZero() || mac[0]&1 == 1 {
+	if err != nil || !mac.IsUnicast() {
 		return nil
 	}
 	return mac.HardwareAddr()

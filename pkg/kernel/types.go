@@ -49,6 +49,10 @@ func (m MAC) String() string { return m.HardwareAddr().String() }
 // IsZero reports whether m is 00:00:00:00:00:00.
 func (m MAC) IsZero() bool { return m == MAC{} }
 
+// IsUnicast reports whether m can be one device's address: not zero, and
+// not a group (multicast or broadcast) address.
+func (m MAC) IsUnicast() bool { return !m.IsZero() && m[0]&1 == 0 }
+
 // Route is a unicast route in the main table.
 type Route struct {
 	Dst       netip.Prefix
