@@ -2,6 +2,7 @@ package subnet
 
 import (
 	"context"
+	"net/netip"
 	"slices"
 	"sync"
 )
@@ -23,6 +24,26 @@ type Source interface {
 	// ReportReady tells the cluster that this node's network is up.
 	ReportReady(ctx context.Context) error
 }
+
+// What a Source may do besides, discovered by type assertion (as
+// backend.Forwarder is): the daemon uses each when the source has it.
+type (
+	// EventPoster posts Events about this node (Kubernetes).
+	EventPoster interface {
+		Event(warning bool, reason, message string)
+	}
+	// PublicIPSetter finds this node's lease by its public IPs (etcd), so
+	// it must learn them once the external interface is known, before
+	// PreviousAttrs.
+	PublicIPSetter interface {
+		SetPublicIPs(v4, v6 netip.Addr)
+	}
+	// Failer reports the failures the source cannot recover from (its
+	// lease lost for good).
+	Failer interface {
+		Errors() <-chan error
+	}
+)
 
 // Peers is the set of peer leases, written by a lease source and read by
 // the sync loop. Writers only record what changed and wake the reader; the

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"io"
 	"strings"
 	"time"
 
@@ -14,8 +15,9 @@ import (
 	"github.com/flanneld/flanneld/subnet/kube"
 )
 
-// leaseSource is a subnet.Source with what the daemon needs of it besides:
-// the network configuration, Events and fatal errors.
+// leaseSource is the lease source with the network configuration it read.
+// What only some sources do (Events, public IPs, fatal errors, closing) is
+// found through subnet's optional interfaces.
 type leaseSource struct {
 	subnet.Source
 	config *subnet.Config
@@ -23,21 +25,39 @@ type leaseSource struct {
 	configOrigin string
 	// nodeName names this node in logs.
 	nodeName string
-	// event posts an Event on this node (Kubernetes only).
-	event func(warning bool, reason, message string)
-	// errs reports failures the source cannot recover from.
-	errs <-chan error
-	// withExternal completes the source once the external interface is
-	// known (etcd mode finds this host's lease by its public IP).
-	withExternal func(ext *ip.ExternalInterface)
-	close        func()
+}
+
+// event posts an Event on this node, if the source can.
+func (s *leaseSource) event(warning bool, reason, message string) {
+	if p, ok := s.Source.(subnet.EventPoster); ok {
+		p.Event(warning, reason, message)
+	}
+}
+
+// withExternal completes the source once the external interface is known
+// (etcd mode finds this host's lease by its public IP).
+func (s *leaseSource) withExternal(ext *ip.ExternalInterface) {
+	if p, ok := s.Source.(subnet.PublicIPSetter); ok {
+		p.SetPublicIPs(ext.ExtAddr, ext.ExtV6Addr)
+	}
+}
+
+// close closes the source, if it holds anything.
+func (s *leaseSource) close() {
+	if c, ok := s.Source.(io.Closer); ok {
+		_ = c.Close()
+	}
 }
 
 // wait returns the first failure the source cannot recover from, or nil
 // once ctx ends.
 func (s *leaseSource) wait(ctx context.Context) error {
+	var errs <-chan error // nil: never
+	if f, ok := s.Source.(subnet.Failer); ok {
+		errs = f.Errors()
+	}
 	select {
-	case err := <-s.errs: // nil channel (Kubernetes): never
+	case err := <-errs:
 		return err
 	case <-ctx.Done():
 		return nil
@@ -73,15 +93,7 @@ func openKube(ctx context.Context, o Options, m *metrics.Metrics) (*leaseSource,
 		OnWatchEvent:          func(t string) { m.WatchEvents.WithLabelValues(t).Inc() },
 		OnSynced:              m.LastWatchSync.SetToCurrentTime,
 	})
-	return &leaseSource{
-		Source:       src,
-		config:       cfg,
-		configOrigin: o.NetConfigPath,
-		nodeName:     nodeName,
-		event:        src.Event,
-		withExternal: func(*ip.ExternalInterface) {},
-		close:        func() {},
-	}, nil
+	return &leaseSource{Source: src, config: cfg, configOrigin: o.NetConfigPath, nodeName: nodeName}, nil
 }
 
 // openEtcd is the etcd lease source: the network config at <prefix>/config,
@@ -97,25 +109,15 @@ func openEtcd(ctx context.Context, o Options, m *metrics.Metrics) (*leaseSource,
 			m.LeaseExpiry.Set(float64(t.Unix()))
 		}
 	}
-	// The public IP is set once the external interface is known.
-	var src *etcd.Source
-	ls := &leaseSource{
-		nodeName: "this host",
-		event:    func(bool, string, string) {},
-		withExternal: func(ext *ip.ExternalInterface) {
-			src.SetPublicIP(ext.ExtAddr)
-			src.SetPublicIPv6(ext.ExtV6Addr)
-		},
-	}
-	var err error
-	if src, err = etcd.New(cfg); err != nil {
+	src, err := etcd.New(cfg)
+	if err != nil {
 		return nil, err
 	}
-	ls.Source, ls.errs, ls.close = src, src.Errors(), func() { _ = src.Close() }
+	ls := &leaseSource{Source: src, nodeName: "this host"}
 	klog.InfoS("Reading the network configuration from etcd", "endpoints", o.EtcdEndpoints, "prefix", o.EtcdPrefix)
 	ls.configOrigin = "etcd key " + strings.TrimSuffix(o.EtcdPrefix, "/") + "/config"
 	if ls.config, err = src.NetworkConfig(ctx); err != nil {
-		src.Close()
+		ls.close()
 		return nil, err
 	}
 	return ls, nil

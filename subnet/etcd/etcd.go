@@ -75,7 +75,11 @@ type Source struct {
 	beforeCommit func(attempt int)
 }
 
-var _ subnet.Source = (*Source)(nil)
+var (
+	_ subnet.Source         = (*Source)(nil)
+	_ subnet.PublicIPSetter = (*Source)(nil)
+	_ subnet.Failer         = (*Source)(nil)
+)
 
 // New connects lazily to etcd; nothing is sent until the first request.
 func New(cfg Config) (*Source, error) {
@@ -160,6 +164,10 @@ func (s *Source) SetPublicIP(a netip.Addr) { s.cfg.PublicIP = a }
 // called before PreviousAttrs. AcquireLease uses the public IPs of its
 // attributes.
 func (s *Source) SetPublicIPv6(a netip.Addr) { s.cfg.PublicIPv6 = a }
+
+// SetPublicIPs implements subnet.PublicIPSetter: SetPublicIP and
+// SetPublicIPv6 at once.
+func (s *Source) SetPublicIPs(v4, v6 netip.Addr) { s.SetPublicIP(v4); s.SetPublicIPv6(v6) }
 
 func (s *Source) host() hostIPs { return hostIPs{v4: s.cfg.PublicIP, v6: s.cfg.PublicIPv6} }
 

@@ -91,7 +91,10 @@ type Source struct {
 	ownWake chan struct{} // signalled when own changes
 }
 
-var _ subnet.Source = (*Source)(nil)
+var (
+	_ subnet.Source      = (*Source)(nil)
+	_ subnet.EventPoster = (*Source)(nil)
+)
 
 // New returns a Source; Start must be called before the other methods.
 func New(cfg Config) *Source {
