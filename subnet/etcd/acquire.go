@@ -21,7 +21,7 @@ func (s *Source) acquire(ctx context.Context, attrs subnet.LeaseAttrs, previous,
 		return subnet.Lease{}, err
 	}
 	for attempt := 1; ; attempt++ {
-		all, revs, err := s.listAll(ctx)
+		all, revs, rev, err := s.listAll(ctx)
 		if err != nil {
 			return subnet.Lease{}, err
 		}
@@ -29,7 +29,7 @@ func (s *Source) acquire(ctx context.Context, attrs subnet.LeaseAttrs, previous,
 		if err != nil {
 			return subnet.Lease{}, fmt.Errorf("%s: %w", s.cfg.Prefix, err)
 		}
-		w, err := s.leaseWrite(ctx, ch, revs, value)
+		w, err := s.leaseWrite(ctx, ch, revs, rev, value)
 		if err != nil {
 			return subnet.Lease{}, err
 		}
@@ -66,7 +66,11 @@ type leaseWrite struct {
 // leaseWrite prepares the transaction that takes ch: a new key if none
 // exists yet, else the key taken back (if it is unchanged), keeping the
 // key's live etcd lease or granting a new one (none for a reservation).
-func (s *Source) leaseWrite(ctx context.Context, ch choice, revs map[string]int64, value []byte) (leaseWrite, error) {
+// The transaction also requires that no lease key was written since the
+// list at revision rev that ch was chosen from: a key names the subnets of
+// both families, so two hosts choosing at once could otherwise both take
+// one IPv4 subnet with two IPv6 ones.
+func (s *Source) leaseWrite(ctx context.Context, ch choice, revs map[string]int64, rev int64, value []byte) (leaseWrite, error) {
 	w := leaseWrite{name: keyName(ch.subnet, ch.ipv6Subnet)}
 	cond := clientv3.Compare(clientv3.CreateRevision(s.subnetsKey()+w.name), "=", 0)
 	if ch.reuse != nil {
@@ -96,7 +100,8 @@ func (s *Source) leaseWrite(ctx context.Context, ch choice, revs map[string]int6
 	if w.id != 0 {
 		opts = append(opts, clientv3.WithLease(w.id))
 	}
-	w.conds = []clientv3.Cmp{cond}
+	unchanged := clientv3.Compare(clientv3.ModRevision(s.subnetsKey()), "<", rev+1).WithPrefix()
+	w.conds = []clientv3.Cmp{cond, unchanged}
 	w.ops = []clientv3.Op{clientv3.OpPut(w.key, string(value), opts...)}
 	for _, e := range ch.stale {
 		staleKey := s.subnetsKey() + e.lease.Name

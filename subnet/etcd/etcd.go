@@ -264,7 +264,7 @@ func (s *Source) NetworkConfig(ctx context.Context) (*subnet.Config, error) {
 // PreviousAttrs implements subnet.Source: the attributes of the lease that
 // has this host's public IP (or public IPv6 address, see hostIPs).
 func (s *Source) PreviousAttrs(ctx context.Context) (*subnet.LeaseAttrs, error) {
-	all, _, err := s.listAll(ctx)
+	all, _, _, err := s.listAll(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -278,15 +278,14 @@ func (s *Source) PreviousAttrs(ctx context.Context) (*subnet.LeaseAttrs, error) 
 }
 
 // listAll reads every lease key with its etcd lease and mod revision.
-func (s *Source) listAll(ctx context.Context) ([]existing, map[string]int64, error) {
-	var all []existing
-	revs := map[string]int64{}
-	err := retry(ctx, "list leases", func(ctx context.Context) error {
+func (s *Source) listAll(ctx context.Context) (all []existing, revs map[string]int64, rev int64, err error) {
+	revs = map[string]int64{}
+	err = retry(ctx, "list leases", func(ctx context.Context) error {
 		resp, err := s.cli.Get(ctx, s.subnetsKey(), clientv3.WithPrefix())
 		if err != nil {
 			return err
 		}
-		all = all[:0]
+		all, rev = all[:0], resp.Header.Revision
 		for _, kv := range resp.Kvs {
 			name := strings.TrimPrefix(string(kv.Key), s.subnetsKey())
 			l, err := leaseFromKV(name, kv.Value, kv.CreateRevision)
@@ -301,7 +300,7 @@ func (s *Source) listAll(ctx context.Context) ([]existing, map[string]int64, err
 		}
 		return nil
 	})
-	return all, revs, err
+	return all, revs, rev, err
 }
 
 // AcquireLease implements subnet.Source.

@@ -648,3 +648,53 @@ func TestSourceRaceKeepsOwnLease(t *testing.T) {
 		}
 	}
 }
+
+// TestSourceDualStackRaceOneSubnetEach: a lease key names the subnets of
+// both families, so two dual-stack hosts choosing at once (here: both
+// taking back the IPv4 subnet of their subnet.env, with other IPv6 ones)
+// would both commit one IPv4 subnet under two key names; the transaction
+// also requires that no lease key changed since the list it chose from.
+// (On 4308a5a both hosts got 10.244.5.0/24.)
+func TestSourceDualStackRaceOneSubnetEach(t *testing.T) {
+	e := startEtcd(t)
+	e.put(t, configKey, `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}`)
+	ctx := testContext(t)
+	host := func(v4, v6 string, envV6 string) (*Source, subnet.LeaseAttrs) {
+		envFile := filepath.Join(t.TempDir(), "subnet.env")
+		env := subnet.Env{Network: netip.MustParsePrefix("10.244.0.0/16"), Subnet: netip.MustParsePrefix("10.244.5.1/24"),
+			IPv6Network: netip.MustParsePrefix("fd00:10:244::/56"), IPv6Subnet: netip.MustParsePrefix(envV6), MTU: 1450}
+		if err := subnet.WriteEnvFile(envFile, env); err != nil {
+			t.Fatal(err)
+		}
+		s := newSource(t, e.adminProxy.addr(), Config{SubnetFile: envFile})
+		attrs := vxlanAttrs(netip.MustParseAddr(v4))
+		attrs.PublicIPv6 = netip.MustParseAddr(v6)
+		attrs.BackendV6Data = attrs.BackendData
+		s.SetPublicIPs(attrs.PublicIP, attrs.PublicIPv6)
+		if _, err := s.NetworkConfig(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return s, attrs
+	}
+	a, attrsA := host("192.168.100.11", "fd00:100::11", "fd00:10:244:a::1/64")
+	b, attrsB := host("192.168.100.12", "fd00:100::12", "fd00:10:244:b::1/64")
+	var lb subnet.Lease
+	a.beforeCommit = func(attempt int) {
+		if attempt == 1 { // b commits between a's list and a's transaction
+			var err error
+			if lb, err = b.AcquireLease(ctx, attrsB); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	la, err := a.AcquireLease(ctx, attrsA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if la.Subnet == lb.Subnet || la.IPv6Subnet == lb.IPv6Subnet {
+		t.Fatalf("two hosts hold one subnet: %s %s and %s %s", la.Subnet, la.IPv6Subnet, lb.Subnet, lb.IPv6Subnet)
+	}
+	if lb.Subnet != netip.MustParsePrefix("10.244.5.0/24") {
+		t.Errorf("the first to commit got %s, want its previous 10.244.5.0/24", lb.Subnet)
+	}
+}

@@ -9,30 +9,27 @@ package etcd
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/flanneld/flanneld/network/nstest"
 )
 
 const etcdInNetns = "127.0.0.1:2379"
 
 type testEtcd struct {
-	ns    string
+	ns    *nstest.NS
 	admin *clientv3.Client
 	// adminProxy carries the admin client; never cut.
 	adminProxy *proxy
@@ -52,20 +49,7 @@ func startEtcd(t *testing.T) *testEtcd {
 	if _, err := os.Stat(bin); err != nil {
 		t.Skipf("etcd not installed (%v): run hack/install-deps.sh", err)
 	}
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	e := &testEtcd{ns: "fletcd-" + hex.EncodeToString(b)}
-	if out, err := exec.Command("ip", "netns", "add", e.ns).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v: %s", e.ns, err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", e.ns).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", e.ns, err, out)
-		}
-	})
-	if out, err := exec.Command("ip", "-n", e.ns, "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		t.Fatalf("lo up in %s: %v: %s", e.ns, err, out)
-	}
+	e := &testEtcd{ns: nstest.New(t)}
 
 	dir := t.TempDir()
 	logPath := filepath.Join(dir, "etcd.log")
@@ -74,7 +58,7 @@ func startEtcd(t *testing.T) *testEtcd {
 		t.Fatal(err)
 	}
 	defer logFile.Close()
-	cmd := exec.Command("ip", "netns", "exec", e.ns, bin,
+	cmd := exec.Command("ip", "netns", "exec", e.ns.Name, bin,
 		"--name=test",
 		"--data-dir="+filepath.Join(dir, "data"),
 		"--listen-client-urls=http://"+etcdInNetns,
@@ -179,7 +163,7 @@ type kv struct {
 // namespace to etcd inside the test namespace.
 type proxy struct {
 	ln net.Listener
-	ns string
+	ns *nstest.NS
 
 	mu    sync.Mutex
 	cut   bool
@@ -221,7 +205,12 @@ func (p *proxy) forward(c net.Conn) {
 		return
 	}
 	p.mu.Unlock()
-	up, err := dialInNetns(p.ns, etcdInNetns)
+	var up net.Conn
+	err := p.ns.Do(func() (err error) {
+		// The socket keeps the namespace whichever thread uses it later.
+		up, err = net.DialTimeout("tcp", etcdInNetns, 5*time.Second)
+		return err
+	})
 	if err != nil {
 		c.Close()
 		return
@@ -258,49 +247,6 @@ func (p *proxy) setCut(cut bool) {
 			c.Close()
 		}
 	}
-}
-
-// dialInNetns opens a TCP connection from inside the named namespace; the
-// socket keeps that namespace whichever thread later uses it.
-func dialInNetns(ns, addr string) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		// The thread is not unlocked when switching back fails, so the
-		// runtime discards it instead of reusing it in the wrong namespace.
-		orig, err := netns.Get()
-		if err != nil {
-			ch <- result{err: err}
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromName(ns)
-		if err != nil {
-			ch <- result{err: err}
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			ch <- result{err: err}
-			return
-		}
-		c, dialErr := net.DialTimeout("tcp", addr, 5*time.Second)
-		if err := netns.Set(orig); err != nil {
-			if c != nil {
-				c.Close()
-			}
-			ch <- result{err: fmt.Errorf("restoring the thread's namespace: %w", err)}
-			return
-		}
-		runtime.UnlockOSThread()
-		ch <- result{c: c, err: dialErr}
-	}()
-	r := <-ch
-	return r.c, r.err
 }
 
 func lastLines(s string, n int) string {
