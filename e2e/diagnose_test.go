@@ -170,6 +170,114 @@ func TestDiagnose(t *testing.T) {
 	})
 }
 
+// TestDiagnoseIPv6 runs `flanneld diagnose` on a dual-stack and on an
+// IPv6-only vxlan cluster of two nodes (issue 15.13): on a healthy node
+// exit 0 without problems, each device with its own family's address and
+// MTU, the IPv6 lease attributes compared, every entry of every family ok,
+// and with --probe the peer answering in every family; with the daemon
+// stopped and the IPv6 route to the peer deleted, exit 1 and exactly that
+// route missing.
+func TestDiagnoseIPv6(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		conf      string
+		dualStack bool
+	}{
+		{"dual stack", dualStackVXLANNetConf, true},
+		{"IPv6 only", ipv6OnlyVXLANNetConf, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			l, nodes := newIPv6Cluster(t, c.conf, 2, c.dualStack)
+			n1 := nodes[0]
+			startAll(t, l, nodes)
+			fams := []podFamily{familyIPv6}
+			if c.dualStack {
+				fams = []podFamily{familyIPv4, familyIPv6}
+			}
+			macs := map[string]string{} // n1's device -> MAC
+			for _, fam := range fams {
+				m := vtepMACsOf(t, nodes, fam.device)
+				macs[fam.device] = m[n1]
+				lab.WaitFor(t, "n1 to program n2 over "+fam.name, convergeTimeout, func() error {
+					return checkVXLANPeers(fam, nodes, m, 0)
+				})
+			}
+
+			t.Run("healthy node", func(t *testing.T) {
+				code, out, stderr := runDiagnose(t, l, n1)
+				t.Logf("flanneld diagnose:\n%s", out)
+				if code != 0 || !strings.Contains(out, "RESULT: ok") {
+					t.Errorf("exit status %d, want 0 and RESULT: ok; stderr:\n%s", code, tailLines(stderr, 20))
+				}
+				r := runDiagnoseJSON(t, l, n1, 0, "--probe")
+				if !r.OK || len(r.Problems) != 0 {
+					t.Errorf("report: ok %v, problems %q", r.OK, r.Problems)
+				}
+				checkDiagnoseIPv6Report(t, r, n1, fams, macs)
+			})
+
+			t.Run("daemon stopped, IPv6 route deleted", func(t *testing.T) {
+				n1.Flanneld().Stop()
+				mustExec(t, n1.Netns, "ip", "-6", "route", "del", podCIDR6(2), "dev", vxlanDevice6)
+				r := runDiagnoseJSON(t, l, n1, 1)
+				want := []string{fmt.Sprintf("peer n2: route %s via %s dev %s onlink: missing", podCIDR6(2), podNetAddr6(2), vxlanDevice6)}
+				if !slices.Equal(r.Problems, want) {
+					t.Errorf("problems %q, want %q", r.Problems, want)
+				}
+			})
+		})
+	}
+}
+
+// checkDiagnoseIPv6Report checks the report of healthy node n1 of a lab
+// cluster with families fams, n2 its only peer: a device per family with
+// the family's address and MTU, the lease of each family, and the peer's
+// entries and probes of each family.
+func checkDiagnoseIPv6Report(t *testing.T, r diagnose.Report, n1 *lab.Node, fams []podFamily, macs map[string]string) {
+	t.Helper()
+	if len(r.Devices) != len(fams) {
+		t.Errorf("devices %+v, want %d", r.Devices, len(fams))
+	}
+	for _, fam := range fams {
+		i := slices.IndexFunc(r.Devices, func(d diagnose.DeviceReport) bool { return d.Name == fam.device })
+		if i < 0 {
+			t.Errorf("no device %s in %+v", fam.device, r.Devices)
+			continue
+		}
+		d, addr := r.Devices[i], fmt.Sprintf("%s/%d", fam.podNetAddr(1), fam.hostBits())
+		if d.Status != diagnose.StatusOK || d.MTU != fam.mtu || d.WantMTU != fam.mtu || d.WantAddress != addr ||
+			!slices.Equal(d.Addresses, []string{addr}) || d.MAC != macs[fam.device] || d.Local != fam.nodeIP(n1) {
+			t.Errorf("device %+v, want ok, MTU %d, address %s, MAC %s, local %s", d, fam.mtu, addr, macs[fam.device], fam.nodeIP(n1))
+		}
+	}
+	dualStack := len(fams) == 2
+	l := r.Lease
+	if l.IPv6Subnet != podCIDR6(1) || l.IPv6SubnetStatus != diagnose.StatusOK || l.PublicIPv6 == nil ||
+		*l.PublicIPv6 != (diagnose.Compared{Advertised: n1.IPv6.String(), Local: n1.IPv6.String(), Status: diagnose.StatusOK}) ||
+		l.BackendV6Data == nil || l.BackendV6Data.Status != diagnose.StatusOK || !strings.Contains(l.BackendV6Data.Local, macs[vxlanDevice6]) {
+		t.Errorf("IPv6 lease: %+v, public IPv6 %+v, backend v6 data %+v", l, l.PublicIPv6, l.BackendV6Data)
+	}
+	if ok := l.SubnetStatus == diagnose.StatusOK && l.PublicIP.Status == diagnose.StatusOK && l.BackendData.Status == diagnose.StatusOK; ok != dualStack {
+		t.Errorf("IPv4 lease %+v, want it compared only with dual stack", l)
+	}
+	if len(r.Peers) != 1 || len(r.Peers[0].Entries) != 3*len(fams) {
+		t.Fatalf("peers %+v, want n2 with route, neighbour and fdb per family", r.Peers)
+	}
+	p := r.Peers[0]
+	for _, e := range p.Entries {
+		if e.Status != diagnose.StatusOK {
+			t.Errorf("peer %s: %s %s: %s", p.Name, e.Kind, e.Want, e.Status)
+		}
+	}
+	if p.ProbeIPv6 == nil || *p.ProbeIPv6 != (diagnose.ProbeReport{Target: podNetAddr6(2), Reachable: true}) {
+		t.Errorf("IPv6 probe %+v, want %s reachable", p.ProbeIPv6, podNetAddr6(2))
+	}
+	if wantV4 := (diagnose.ProbeReport{Target: podNetAddr(2), Reachable: true}); dualStack && (p.Probe == nil || *p.Probe != wantV4) ||
+		!dualStack && p.Probe != nil {
+		t.Errorf("IPv4 probe %+v, want %s reachable with dual stack, none IPv6-only", p.Probe, podNetAddr(2))
+	}
+}
+
 // runDiagnose runs `flanneld diagnose` with the daemon's lab flags in node
 // n and returns its exit status and output.
 func runDiagnose(t testing.TB, l *lab.Lab, n *lab.Node, extraArgs ...string) (code int, stdout, stderr string) {

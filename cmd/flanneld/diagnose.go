@@ -34,7 +34,7 @@ func runDiagnose(args, environ []string, stdout, stderr io.Writer) int {
 	fs, showVersion := newFlagSet("flanneld diagnose", &o, stderr)
 	var f diagnose.Flags
 	fs.BoolVar(&f.JSON, "json", false, "print the report as JSON")
-	fs.BoolVar(&f.Probe, "probe", false, "ping each peer's VTEP (vxlan) or public IP (host-gw) once")
+	fs.BoolVar(&f.Probe, "probe", false, "ping each peer's VTEP (vxlan) or public IP (host-gw) once, in each address family")
 	for _, name := range []string{"json", "probe"} {
 		_ = fs.SetAnnotation(name, noEnv, []string{"true"})
 	}

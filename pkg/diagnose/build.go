@@ -34,7 +34,8 @@ type Inputs struct {
 	// Own is this node's lease as its Node advertises it.
 	Own subnet.Lease
 	// Local are the attributes this node would advertise now: the
-	// configured backend type, the device's backend data, the public IP.
+	// configured backend type, the devices' backend data (BackendData of
+	// the IPv4 device, BackendV6Data of the IPv6 one), the public IPs.
 	Local subnet.LeaseAttrs
 	// Backend is built as the daemon builds it, and attached to the
 	// existing device (AttachErr says why that failed).
@@ -44,7 +45,8 @@ type Inputs struct {
 	// prefixes (the peer rules refuse their network and broadcast
 	// addresses as a peer's public IP).
 	Segments []netip.Prefix
-	// Devices are the backend's owned links as the kernel has them.
+	// Devices are the backend's owned links as the kernel has them, in
+	// the order of its OwnedLinks.
 	Devices []Device
 	// Peers are the peers' leases, sorted by name; Skipped the nodes the
 	// lease source could not read, with why.
@@ -73,14 +75,20 @@ type Inputs struct {
 
 // Device is one link the backend owns, as the kernel has it.
 type Device struct {
-	Name      string
-	Index     int
-	Type      string
-	VNI       int // vxlan
-	MAC       string
-	MTU       int
-	Up        bool
-	Addresses []netip.Prefix // IPv4
+	Name  string
+	Index int
+	Type  string
+	VNI   int // vxlan
+	MAC   string
+	MTU   int
+	Up    bool
+	// Addresses are its IPv4 and IPv6 addresses, link-local ones left out
+	// (the daemon leaves them alone).
+	Addresses []netip.Prefix
+	// Local is the underlay address a VXLAN device sends from: its family
+	// tells the device of the IPv4 pods from that of the IPv6 pods.
+	// Invalid for a device without one (the udp backend's TUN).
+	Local netip.Addr
 }
 
 // FirewallChecker reads flanneld's firewall rules without changing them:
@@ -114,14 +122,19 @@ func Build(in Inputs) (Report, error) {
 		Format:  FormatVersion,
 		Node:    in.Node,
 		Backend: in.Config.BackendType,
-		Network: in.Config.Network.String(),
 		// Empty lists, not null, in the JSON.
 		Devices: []DeviceReport{}, Peers: []PeerReport{}, Skipped: []SkippedPeer{}, Stale: []string{},
 		Firewall: FirewallReport{Mode: in.FirewallMode, Rules: []RuleReport{}, Problems: []string{}, OtherMode: []string{}},
 		Problems: []string{},
 	}}
-	if in.ExtIface != nil {
-		b.r.Interface = InterfaceReport{Name: in.ExtIface.Name, Address: addrString(in.ExtIface.IfaceAddr), MTU: in.ExtIface.MTU}
+	if in.Config.EnableIPv4 {
+		b.r.Network = prefixString(in.Config.Network)
+	}
+	if in.Config.EnableIPv6 {
+		b.r.IPv6Network = prefixString(in.Config.IPv6Network)
+	}
+	if e := in.ExtIface; e != nil {
+		b.r.Interface = InterfaceReport{Name: e.Name, Address: addrString(e.IfaceAddr), AddressIPv6: addrString(e.IfaceV6Addr), MTU: e.MTU}
 	}
 	b.lease()
 	b.devices()
@@ -176,39 +189,74 @@ func (b *builder) ownedLinks() []int {
 	return slices.DeleteFunc(slices.Clone(b.in.Backend.Base().OwnedLinks), func(i int) bool { return i <= 0 })
 }
 
+// lease compares this node's lease, in every enabled address family,
+// with what this node has.
 func (b *builder) lease() {
-	own, local := b.in.Own, b.in.Local
+	cfg, own, local := b.in.Config, b.in.Own.Attrs, b.in.Local
 	l := &b.r.Lease
-	l.Subnet = prefixString(own.Subnet)
-	l.SubnetStatus = StatusOK
-	if err := b.in.Config.CheckSubnet(own.Subnet); err != nil {
-		l.SubnetStatus = StatusDiffers
-		b.problem("lease: podCIDR %s: %v (flanneld refuses to start)", own.Subnet, err)
+	if cfg.EnableIPv4 {
+		l.Subnet, l.SubnetStatus = b.podCIDR("podCIDR", b.in.Own.Subnet)
 	}
-	compare := func(what, advertised, localValue string, equal bool) Compared {
-		c := Compared{Advertised: advertised, Local: localValue, Status: StatusOK}
-		switch {
-		case advertised == "":
-			c.Status = StatusNotAdvertised
-			b.problem("lease: %s is not advertised on the Node (has flanneld started here?)", what)
-		case !equal:
-			c.Status = StatusDiffers
-			b.problem("lease: %s advertised %s, this node has %s", what, advertised, localValue)
-		}
-		return c
+	if cfg.EnableIPv6 {
+		l.IPv6Subnet, l.IPv6SubnetStatus = b.podCIDR("IPv6 podCIDR", b.in.Own.IPv6Subnet)
 	}
-	l.PublicIP = compare("public IP", addrString(own.Attrs.PublicIP), addrString(local.PublicIP),
-		own.Attrs.PublicIP == local.PublicIP)
-	l.BackendType = compare("backend type", own.Attrs.BackendType, local.BackendType,
-		own.Attrs.BackendType == local.BackendType)
-	advertised, localData := canonicalJSON(own.Attrs.BackendData), canonicalJSON(local.BackendData)
-	if len(own.Attrs.BackendData) == 0 {
-		advertised = ""
+	if cfg.EnableIPv4 {
+		l.PublicIP = b.compare("public IP", addrString(own.PublicIP), addrString(local.PublicIP))
 	}
+	if cfg.EnableIPv6 {
+		c := b.compare("public IPv6", addrString(own.PublicIPv6), addrString(local.PublicIPv6))
+		l.PublicIPv6 = &c
+	}
+	l.BackendType = b.compare("backend type", own.BackendType, local.BackendType)
+	if cfg.EnableIPv4 {
+		l.BackendData = b.compareData("backend data", own.BackendData, local.BackendData)
+	}
+	if cfg.EnableIPv6 {
+		c := b.compareData("backend v6 data", own.BackendV6Data, local.BackendV6Data)
+		l.BackendV6Data = &c
+	}
+}
+
+// podCIDR checks this node's podCIDR of an enabled family as the daemon
+// does before it starts.
+func (b *builder) podCIDR(what string, sn netip.Prefix) (string, string) {
+	if !sn.IsValid() {
+		b.problem("lease: the Node has no %s, but the network config enables its address family (flanneld refuses to start)", what)
+		return "", StatusDiffers
+	}
+	if err := b.in.Config.CheckSubnet(sn); err != nil {
+		b.problem("lease: %s %s: %v (flanneld refuses to start)", what, sn, err)
+		return sn.String(), StatusDiffers
+	}
+	return sn.String(), StatusOK
+}
+
+// compare compares an advertised value with this node's.
+func (b *builder) compare(what, advertised, local string) Compared {
+	c := Compared{Advertised: advertised, Local: local, Status: StatusOK}
+	switch {
+	case advertised == "":
+		c.Status = StatusNotAdvertised
+		b.problem("lease: %s is not advertised on the Node (has flanneld started here?)", what)
+	case advertised != local:
+		c.Status = StatusDiffers
+		b.problem("lease: %s advertised %s, this node has %s", what, advertised, local)
+	}
+	return c
+}
+
+// compareData compares advertised backend data with the device's, as
+// JSON documents. Nothing advertised is "null" when the backend has no
+// data (etcd leases leave it out).
+func (b *builder) compareData(what string, advertised, local json.RawMessage) Compared {
+	adv, loc := canonicalJSON(advertised), canonicalJSON(local)
 	if !b.attached() {
-		localData = "(no device)"
+		loc = "(no device)"
 	}
-	l.BackendData = compare("backend data", advertised, localData, advertised == localData)
+	if len(bytes.TrimSpace(advertised)) == 0 && loc != "null" {
+		adv = ""
+	}
+	return b.compare(what, adv, loc)
 }
 
 // canonicalJSON re-encodes a JSON document so that equal documents compare
@@ -235,31 +283,85 @@ func (b *builder) devices() {
 		b.problem("device: %v", b.in.AttachErr)
 		return
 	}
-	want := netip.PrefixFrom(b.in.Own.Subnet.Masked().Addr(), 32)
 	for _, d := range b.in.Devices {
-		dr := DeviceReport{
-			Name: d.Name, Type: d.Type, VNI: d.VNI, MAC: d.MAC, MTU: d.MTU, Up: d.Up, Addresses: []string{},
-			WantMTU: b.in.Backend.MTU(), WantAddress: want.String(), Status: StatusOK,
-		}
-		for _, a := range d.Addresses {
-			dr.Addresses = append(dr.Addresses, a.String())
-		}
-		var diffs []string
-		if d.MTU != dr.WantMTU {
-			diffs = append(diffs, fmt.Sprintf("MTU %d, want %d", d.MTU, dr.WantMTU))
-		}
-		if !d.Up {
-			diffs = append(diffs, "down")
-		}
-		if len(d.Addresses) != 1 || d.Addresses[0] != want {
-			diffs = append(diffs, fmt.Sprintf("addresses [%s], want %s", strings.Join(dr.Addresses, " "), want))
-		}
-		if len(diffs) > 0 {
-			dr.Status, dr.Detail = StatusDiffers, strings.Join(diffs, "; ")
-			b.problem("device %s: %s", d.Name, dr.Detail)
-		}
-		b.r.Devices = append(b.r.Devices, dr)
+		b.r.Devices = append(b.r.Devices, b.device(d))
 	}
+}
+
+// device compares one device with what the backend gives the device of
+// its address family: MTU, up, and the lease's address of that family.
+func (b *builder) device(d Device) DeviceReport {
+	ipv6 := deviceIPv6(d, b.in.Config)
+	want := b.deviceAddress(ipv6)
+	dr := DeviceReport{
+		Name: d.Name, Type: d.Type, VNI: d.VNI, MAC: d.MAC, MTU: d.MTU, Up: d.Up, Addresses: []string{},
+		Local: addrString(d.Local), WantMTU: b.deviceMTU(ipv6), WantAddress: prefixString(want), Status: StatusOK,
+	}
+	for _, a := range d.Addresses {
+		dr.Addresses = append(dr.Addresses, a.String())
+	}
+	var diffs []string
+	if d.MTU != dr.WantMTU {
+		diffs = append(diffs, fmt.Sprintf("MTU %d, want %d", d.MTU, dr.WantMTU))
+	}
+	if !d.Up {
+		diffs = append(diffs, "down")
+	}
+	// Without a subnet of the family the lease check reports the problem.
+	if want.IsValid() && (len(d.Addresses) != 1 || d.Addresses[0] != want) {
+		diffs = append(diffs, fmt.Sprintf("addresses [%s], want %s", strings.Join(dr.Addresses, " "), want))
+	}
+	if len(diffs) > 0 {
+		dr.Status, dr.Detail = StatusDiffers, strings.Join(diffs, "; ")
+		b.problem("device %s: %s", d.Name, dr.Detail)
+	}
+	return dr
+}
+
+// deviceIPv6 tells whether d is the device of the IPv6 pods: a VXLAN
+// device by the family of the underlay address it sends from
+// (flannel-v6.<VNI> sends from an IPv6 address); a device without one
+// (the udp backend's TUN, IPv4 only) serves IPv4 unless only IPv6 is
+// enabled.
+func deviceIPv6(d Device, cfg *subnet.Config) bool {
+	if d.Local.IsValid() {
+		return d.Local.Unmap().Is6()
+	}
+	return !cfg.EnableIPv4
+}
+
+// deviceAddress is the address the backend gives its device of the
+// family: the network address of the lease's subnet of the family, as a
+// /32 (/128). Invalid when the lease has no such subnet.
+func (b *builder) deviceAddress(ipv6 bool) netip.Prefix {
+	sn := b.in.Own.Subnet
+	if ipv6 {
+		sn = b.in.Own.IPv6Subnet
+	}
+	if !sn.IsValid() {
+		return netip.Prefix{}
+	}
+	return netip.PrefixFrom(sn.Masked().Addr(), sn.Addr().BitLen())
+}
+
+// ipv6HeaderExtra is how much longer an IPv6 header (40 bytes) is than an
+// IPv4 one (20): what encapsulation over IPv6 costs more than over IPv4.
+const ipv6HeaderExtra = 40 - 20
+
+// deviceMTU is the MTU the backend gives its device of the family. The
+// Backend interface tells only the pods' MTU (MTU(), for subnet.env): the
+// smaller of its devices' MTUs. That is the MTU of a backend's only
+// device; with a device per family (vxlan dual stack: flannel.1 at the
+// external MTU - 50, flannel-v6.1 at - 70) it is the IPv6 device's, and
+// the IPv4 device has the 20 bytes of the longer outer IPv6 header more.
+// Derived here rather than added to the Backend interface.
+func (b *builder) deviceMTU(ipv6 bool) int {
+	mtu := b.in.Backend.MTU()
+	cfg := b.in.Config
+	if !ipv6 && cfg.EnableIPv4 && cfg.EnableIPv6 && len(b.ownedLinks()) > 1 {
+		mtu += ipv6HeaderExtra
+	}
+	return mtu
 }
 
 // peers decides, as the daemon's sync loop does, which peers are
@@ -282,11 +384,19 @@ func (b *builder) peers() error {
 			if err := skipped[p.Name]; err != nil {
 				reason = err.Error()
 			}
-			b.r.Skipped = append(b.r.Skipped, SkippedPeer{Name: p.Name, Subnet: prefixString(p.Subnet), Reason: reason})
+			sn, sn6 := b.subnets(p)
+			b.r.Skipped = append(b.r.Skipped, SkippedPeer{Name: p.Name, Subnet: sn, IPv6Subnet: sn6, Reason: reason})
 			continue
 		}
 		desired.Merge(st)
-		pr := PeerReport{Name: p.Name, Subnet: prefixString(p.Subnet), PublicIP: addrString(p.Attrs.PublicIP)}
+		pr := PeerReport{Name: p.Name}
+		pr.Subnet, pr.IPv6Subnet = b.subnets(p)
+		if b.in.Config.EnableIPv4 {
+			pr.PublicIP = addrString(p.Attrs.PublicIP)
+		}
+		if b.in.Config.EnableIPv6 {
+			pr.PublicIPv6 = addrString(p.Attrs.PublicIPv6)
+		}
 		for _, rt := range st.Routes {
 			pr.Entries = append(pr.Entries, b.entry("route", rt.String(), snap.RouteStatus(rt), func() string {
 				return snap.Routes[rt.Key()].String()
@@ -326,6 +436,17 @@ func (b *builder) peers() error {
 		b.problem("stale: %s (no peer needs it)", s)
 	}
 	return nil
+}
+
+// subnets are a peer's subnets of the enabled families.
+func (b *builder) subnets(p subnet.Lease) (sn, sn6 string) {
+	if b.in.Config.EnableIPv4 {
+		sn = prefixString(p.Subnet)
+	}
+	if b.in.Config.EnableIPv6 {
+		sn6 = prefixString(p.IPv6Subnet)
+	}
+	return sn, sn6
 }
 
 // entry reports one expected entry; have describes the kernel's entry
@@ -442,7 +563,8 @@ func envLines(text []byte) (map[string]string, []string) {
 	return values, keys
 }
 
-// probe pings every programmed peer once, a few at a time.
+// probe pings every programmed peer once in each address family it is
+// programmed in, a few at a time.
 func (b *builder) probe() {
 	if b.in.Probe == nil {
 		return
@@ -451,39 +573,59 @@ func (b *builder) probe() {
 	for _, p := range b.in.Peers {
 		byName[p.Name] = p
 	}
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, maxProbes)
+	type probe struct {
+		peer   string
+		target netip.Addr
+		report *ProbeReport
+	}
+	var probes []probe
 	for i := range b.r.Peers {
 		pr := &b.r.Peers[i]
-		target := probeTarget(b.in.Config.BackendType, byName[pr.Name])
-		pr.Probe = &ProbeReport{Target: addrString(target)}
+		// The families the backend programmed the peer in (it passed
+		// PeerFamilies, or it would have been skipped).
+		fams, _ := backend.PeerFamilies(byName[pr.Name], b.in.Config.EnableIPv4, b.in.Config.EnableIPv6)
+		for _, f := range fams {
+			target := probeTarget(b.in.Config.BackendType, f)
+			rep := &ProbeReport{Target: addrString(target)}
+			if f.IPv6 {
+				pr.ProbeIPv6 = rep
+			} else {
+				pr.Probe = rep
+			}
+			probes = append(probes, probe{pr.Name, target, rep})
+		}
+	}
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, maxProbes)
+	for _, p := range probes {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if err := b.in.Probe(target); err != nil {
-				pr.Probe.Error = err.Error()
+			if err := b.in.Probe(p.target); err != nil {
+				p.report.Error = err.Error()
 				return
 			}
-			pr.Probe.Reachable = true
+			p.report.Reachable = true
 		}()
 	}
 	wg.Wait()
-	for _, pr := range b.r.Peers {
-		if !pr.Probe.Reachable {
-			b.problem("peer %s: %s does not answer a ping", pr.Name, pr.Probe.Target)
+	for _, p := range probes {
+		if !p.report.Reachable {
+			b.problem("peer %s: %s does not answer a ping", p.peer, p.report.Target)
 		}
 	}
 }
 
-// probeTarget is what answers for a peer: its public IP with host-gw,
-// else its VTEP, the network address of its subnet.
-func probeTarget(backendType string, p subnet.Lease) netip.Addr {
+// probeTarget is what answers for a peer in an address family: its
+// public IP of the family with host-gw, else its VTEP, the network address
+// of its subnet of the family.
+func probeTarget(backendType string, f backend.Family) netip.Addr {
 	if backendType == hostgw.Type {
-		return p.Attrs.PublicIP
+		return f.PublicIP
 	}
-	return p.Subnet.Masked().Addr()
+	return f.Subnet.Masked().Addr()
 }
 
 func addrString(a netip.Addr) string {

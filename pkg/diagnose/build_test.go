@@ -57,12 +57,18 @@ func (fakeBackend) PeerState(p subnet.Lease) (network.State, error) {
 	if err != nil {
 		return network.State{}, fmt.Errorf("%w: peer %s has a bad VtepMAC %q", backend.ErrPeerData, p.Name, d.VtepMAC)
 	}
-	gw := p.Subnet.Masked().Addr()
+	return vtepState(vtepIndex, p.Subnet, p.Attrs.PublicIP, mac), nil
+}
+
+// vtepState is what vxlan programs for a peer's subnet sn on the device
+// link: an onlink route, a neighbour and an FDB entry.
+func vtepState(link int, sn netip.Prefix, publicIP netip.Addr, mac kernel.MAC) network.State {
+	gw := sn.Masked().Addr()
 	return network.State{
-		Routes: []kernel.Route{{Dst: p.Subnet.Masked(), Gw: gw, LinkIndex: vtepIndex, Onlink: true}},
-		Neighs: []kernel.Neigh{{LinkIndex: vtepIndex, IP: gw, MAC: mac}},
-		FDBs:   []kernel.FDB{{LinkIndex: vtepIndex, MAC: mac, Dst: p.Attrs.PublicIP}},
-	}, nil
+		Routes: []kernel.Route{{Dst: sn.Masked(), Gw: gw, LinkIndex: link, Onlink: true}},
+		Neighs: []kernel.Neigh{{LinkIndex: link, IP: gw, MAC: mac}},
+		FDBs:   []kernel.FDB{{LinkIndex: link, MAC: mac, Dst: publicIP}},
+	}
 }
 
 func vxlanData(mac string) json.RawMessage {
@@ -118,6 +124,8 @@ func linkName(idx int) string {
 		return "eth0"
 	case vtepIndex:
 		return deviceName
+	case vtep6Index:
+		return device6Name
 	}
 	return fmt.Sprint(idx)
 }

@@ -125,7 +125,9 @@ func Collect(ctx context.Context, o daemon.Options, probe bool) (Inputs, func(),
 			return Inputs{}, noop, err
 		}
 	}
-	local := subnet.LeaseAttrs{PublicIP: ext.ExtAddr, BackendType: cfg.BackendType, BackendData: deviceData(cfg.BackendType, in.Devices)}
+	// What the daemon would advertise, before the Node's annotations apply.
+	local := subnet.LeaseAttrs{PublicIP: ext.ExtAddr, PublicIPv6: ext.ExtV6Addr, BackendType: cfg.BackendType}
+	local.BackendData, local.BackendV6Data = deviceData(cfg, in.Devices)
 	if etcdSrc != nil {
 		err = collectEtcdLeases(apiCtx, etcdSrc, ext, local, &in)
 	} else {
@@ -135,13 +137,9 @@ func Collect(ctx context.Context, o daemon.Options, probe bool) (Inputs, func(),
 		return Inputs{}, noop, err
 	}
 
-	in.FirewallMode = daemon.FirewallMode(cfg)
-	if sets := daemon.FirewallRuleSets(&o, cfg, in.Own); len(sets) > 0 {
-		if in.Firewall, err = network.NewRuleKeeper(cfg.EnableNFTables, sets, nil); err != nil {
-			return Inputs{}, noop, err
-		}
+	if err := collectFirewall(&o, &in); err != nil {
+		return Inputs{}, noop, err
 	}
-	in.OtherMode, in.OtherModeErr = network.FindOtherModeRules(cfg.EnableNFTables)
 	in.Env.Expected = subnet.NewEnv(cfg, &in.Own, be.MTU(), o.IPMasq)
 	in.Env.OnDisk, in.Env.ReadErr = os.ReadFile(o.SubnetFile)
 	if probe {
@@ -151,7 +149,21 @@ func Collect(ctx context.Context, o daemon.Options, probe bool) (Inputs, func(),
 	return in, func() { h.Close() }, nil
 }
 
-// readDevices reads the backend's owned links.
+// collectFirewall sets up the read-only check of the firewall rules the
+// daemon keeps for in.Own, and looks for rules of the other mode.
+func collectFirewall(o *daemon.Options, in *Inputs) error {
+	cfg := in.Config
+	in.FirewallMode = daemon.FirewallMode(cfg)
+	if sets := daemon.FirewallRuleSets(o, cfg, in.Own); len(sets) > 0 {
+		var err error
+		if in.Firewall, err = network.NewRuleKeeper(cfg.EnableNFTables, sets, nil); err != nil {
+			return err
+		}
+	}
+	in.OtherMode, in.OtherModeErr = network.FindOtherModeRules(cfg.EnableNFTables)
+	return nil
+}
+
 // collectKubeLeases reads this node's and its peers' leases from the Nodes.
 func collectKubeLeases(ctx context.Context, o daemon.Options, local subnet.LeaseAttrs, in *Inputs) error {
 	client, err := kube.NewClient(o.KubeconfigFile, o.KubeAPIURL, "flanneld-diagnose/"+o.Version)
@@ -197,6 +209,9 @@ func collectEtcdLeases(ctx context.Context, src *etcd.Source, ext *ip.ExternalIn
 	return nil
 }
 
+// readDevices reads the backend's owned links: their addresses of both
+// families (ip.LinkPrefixes: link-local ones left out, as the daemon
+// leaves them alone) and, for a VXLAN device, its VNI and local address.
 func readDevices(h *netlink.Handle, links []int) ([]Device, error) {
 	var out []Device
 	for _, idx := range links {
@@ -206,36 +221,42 @@ func readDevices(h *netlink.Handle, links []int) ([]Device, error) {
 		}
 		a := link.Attrs()
 		d := Device{Name: a.Name, Index: a.Index, Type: link.Type(), MAC: a.HardwareAddr.String(), MTU: a.MTU, Up: a.Flags&net.FlagUp != 0}
-		addrs, err := ip.Dump{H: h}.Addrs(link, netlink.FAMILY_V4)
-		if err != nil {
+		if d.Addresses, err = ip.LinkPrefixes(h, a.Index); err != nil {
 			return nil, fmt.Errorf("list addresses of %s: %w", a.Name, err)
-		}
-		for _, addr := range addrs {
-			d.Addresses = append(d.Addresses, ip.PrefixFromIPNet(addr.IPNet))
 		}
 		if v, ok := link.(*netlink.Vxlan); ok {
 			d.VNI = v.VxlanId
+			if local, ok := netip.AddrFromSlice(v.SrcAddr); ok {
+				d.Local = local.Unmap()
+			}
 		}
 		out = append(out, d)
 	}
 	return out, nil
 }
 
-// deviceData is the backend data the device implies: for vxlan the VNI
-// and the VTEP MAC of flannel.<VNI>; nothing for backends without data.
-func deviceData(backendType string, devices []Device) json.RawMessage {
-	if backendType != vxlan.Type || len(devices) != 1 {
-		return nil
+// deviceData is the backend data the devices imply, for the IPv4 and the
+// IPv6 device: for vxlan the VNI and the VTEP MAC of flannel.<VNI> and
+// flannel-v6.<VNI>; nothing for backends without data.
+func deviceData(cfg *subnet.Config, devices []Device) (v4, v6 json.RawMessage) {
+	if cfg.BackendType != vxlan.Type {
+		return nil, nil
 	}
-	d := devices[0]
-	if d.Type != "vxlan" {
-		return nil
+	for _, d := range devices {
+		if d.Type != "vxlan" {
+			continue
+		}
+		data, err := json.Marshal(vxlan.Data{VNI: d.VNI, VtepMAC: d.MAC})
+		if err != nil {
+			continue
+		}
+		if ipv6 := deviceIPv6(d, cfg); ipv6 && v6 == nil {
+			v6 = data
+		} else if !ipv6 && v4 == nil {
+			v4 = data
+		}
 	}
-	data, err := json.Marshal(vxlan.Data{VNI: d.VNI, VtepMAC: d.MAC})
-	if err != nil {
-		return nil
-	}
-	return data
+	return v4, v6
 }
 
 // linkNamer names link indexes by the kernel's link names.

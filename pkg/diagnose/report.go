@@ -38,14 +38,16 @@ type Report struct {
 	Node string `json:"node"`
 	// Backend is the backend type of the network configuration.
 	Backend string `json:"backend"`
-	// Network is the cluster Network (IPv4).
+	// Network is the cluster Network (IPv4; "" when IPv4 is disabled).
 	Network string `json:"network"`
+	// IPv6Network is the cluster's IPv6Network (with EnableIPv6).
+	IPv6Network string `json:"ipv6Network,omitempty"`
 	// Interface is the external interface flanneld would use.
 	Interface InterfaceReport `json:"interface"`
 	// Lease compares the lease the Node advertises with what this node has.
 	Lease LeaseReport `json:"lease"`
-	// Devices are the devices the backend owns (flannel.1 for vxlan; none
-	// for host-gw).
+	// Devices are the devices the backend owns (flannel.1 for vxlan and,
+	// with IPv6, flannel-v6.1; none for host-gw).
 	Devices []DeviceReport `json:"devices"`
 	// Peers are the peers flanneld programs, sorted by name, with each
 	// expected kernel entry and its status.
@@ -68,9 +70,12 @@ type Report struct {
 
 // InterfaceReport is the external interface.
 type InterfaceReport struct {
-	Name    string `json:"name"`
-	Address string `json:"address"`
-	MTU     int    `json:"mtu"`
+	Name string `json:"name"`
+	// Address is its IPv4 address ("" when IPv4 is disabled), AddressIPv6
+	// its global IPv6 address (with EnableIPv6).
+	Address     string `json:"address"`
+	AddressIPv6 string `json:"addressIPv6,omitempty"`
+	MTU         int    `json:"mtu"`
 }
 
 // Compared is one value as advertised on the Node next to this node's
@@ -82,34 +87,54 @@ type Compared struct {
 	Status string `json:"status"`
 }
 
-// LeaseReport is this node's lease.
+// LeaseReport is this node's lease. The IPv4 fields (Subnet,
+// SubnetStatus, PublicIP, BackendData) are empty when IPv4 is disabled;
+// the IPv6 ones are there with EnableIPv6 only.
 type LeaseReport struct {
-	// Subnet is the node's podCIDR.
+	// Subnet is the node's IPv4 podCIDR.
 	Subnet string `json:"subnet"`
-	// SubnetStatus is "ok", or "differs" when the podCIDR is outside the
-	// Network (the daemon refuses to start).
+	// SubnetStatus is "ok", or "differs" when the podCIDR is missing or
+	// outside the Network (the daemon refuses to start).
 	SubnetStatus string `json:"subnetStatus"`
+	// IPv6Subnet and IPv6SubnetStatus are the same for the IPv6 podCIDR
+	// and the IPv6Network.
+	IPv6Subnet       string `json:"ipv6Subnet,omitempty"`
+	IPv6SubnetStatus string `json:"ipv6SubnetStatus,omitempty"`
 	// PublicIP: the public-ip annotation vs the address this node would
 	// advertise (--public-ip, the interface's, or an overwrite annotation).
 	PublicIP Compared `json:"publicIP"`
+	// PublicIPv6: the same for public-ipv6 (--public-ipv6, the interface's
+	// global IPv6 address, or an overwrite annotation).
+	PublicIPv6 *Compared `json:"publicIPv6,omitempty"`
 	// BackendType: the backend-type annotation vs the configuration.
 	BackendType Compared `json:"backendType"`
 	// BackendData: the backend-data annotation vs what the device has
 	// (vxlan: the VNI and flannel.1's MAC).
 	BackendData Compared `json:"backendData"`
+	// BackendV6Data: the backend-v6-data annotation vs what the IPv6
+	// device has (vxlan: the VNI and flannel-v6.1's MAC).
+	BackendV6Data *Compared `json:"backendV6Data,omitempty"`
 }
 
 // DeviceReport is one device flanneld owns.
 type DeviceReport struct {
 	Name string `json:"name"`
 	// Type is the kernel's link type ("vxlan"); VNI its VXLAN id.
-	Type      string   `json:"type"`
-	VNI       int      `json:"vni,omitempty"`
-	MAC       string   `json:"mac"`
-	MTU       int      `json:"mtu"`
-	Up        bool     `json:"up"`
+	Type string `json:"type"`
+	VNI  int    `json:"vni,omitempty"`
+	MAC  string `json:"mac"`
+	MTU  int    `json:"mtu"`
+	Up   bool   `json:"up"`
+	// Addresses are its IPv4 and IPv6 addresses (link-local ones left
+	// out).
 	Addresses []string `json:"addresses"`
-	// WantMTU and WantAddress are what flanneld gives the device.
+	// Local is the underlay address a VXLAN device sends from; its family
+	// is the device's: an IPv6 device carries the IPv6 pods.
+	Local string `json:"local,omitempty"`
+	// WantMTU and WantAddress are what flanneld gives the device: the
+	// backend's MTU for the device's family (vxlan: the external MTU, or
+	// the MTU option, - 50 over IPv4, - 70 over IPv6), the network address
+	// of the lease's subnet of that family as a /32 (/128).
 	WantMTU     int    `json:"wantMTU"`
 	WantAddress string `json:"wantAddress"`
 	// Status is "ok", "missing" or "differs"; Detail says what differs,
@@ -118,14 +143,20 @@ type DeviceReport struct {
 	Detail string `json:"detail,omitempty"`
 }
 
-// PeerReport is one programmed peer.
+// PeerReport is one programmed peer. Subnet and PublicIP are its IPv4
+// ones ("" when IPv4 is disabled); with EnableIPv6, IPv6Subnet and
+// PublicIPv6 its IPv6 ones.
 type PeerReport struct {
-	Name     string        `json:"name"`
-	Subnet   string        `json:"subnet"`
-	PublicIP string        `json:"publicIP"`
-	Entries  []EntryReport `json:"entries"`
-	// Probe is the reachability probe's result (only with --probe).
-	Probe *ProbeReport `json:"probe,omitempty"`
+	Name       string        `json:"name"`
+	Subnet     string        `json:"subnet"`
+	PublicIP   string        `json:"publicIP"`
+	IPv6Subnet string        `json:"ipv6Subnet,omitempty"`
+	PublicIPv6 string        `json:"publicIPv6,omitempty"`
+	Entries    []EntryReport `json:"entries"`
+	// Probe is the reachability probe's result over IPv4, ProbeIPv6 over
+	// IPv6 (only with --probe, for each family the peer is programmed in).
+	Probe     *ProbeReport `json:"probe,omitempty"`
+	ProbeIPv6 *ProbeReport `json:"probeIPv6,omitempty"`
 }
 
 // EntryReport is one kernel entry a peer needs.
@@ -143,8 +174,9 @@ type EntryReport struct {
 
 // ProbeReport is the result of one ping of a peer.
 type ProbeReport struct {
-	// Target is the address pinged: the peer subnet's network address
-	// (its VTEP) for vxlan, its public IP for host-gw.
+	// Target is the address pinged: the network address of the peer's
+	// subnet of the family (its VTEP) for vxlan, its public IP of the
+	// family for host-gw.
 	Target    string `json:"target"`
 	Reachable bool   `json:"reachable"`
 	Error     string `json:"error,omitempty"`
@@ -152,9 +184,10 @@ type ProbeReport struct {
 
 // SkippedPeer is a peer flanneld does not program.
 type SkippedPeer struct {
-	Name   string `json:"name"`
-	Subnet string `json:"subnet"`
-	Reason string `json:"reason"`
+	Name       string `json:"name"`
+	Subnet     string `json:"subnet"`
+	IPv6Subnet string `json:"ipv6Subnet,omitempty"`
+	Reason     string `json:"reason"`
 }
 
 // FirewallReport compares the firewall rules flanneld keeps.

@@ -22,89 +22,21 @@ func WriteText(w io.Writer, r Report) error {
 	p.section(func(t io.Writer) {
 		fmt.Fprintf(t, "node\t%s\n", r.Node)
 		fmt.Fprintf(t, "backend\t%s\n", r.Backend)
-		fmt.Fprintf(t, "network\t%s\n", r.Network)
-		fmt.Fprintf(t, "interface\t%s\n", join(r.Interface.Name, r.Interface.Address, mtu(r.Interface.MTU)))
+		fmt.Fprintf(t, "network\t%s\n", join(r.Network, r.IPv6Network))
+		fmt.Fprintf(t, "interface\t%s\n", join(r.Interface.Name, r.Interface.Address, r.Interface.AddressIPv6, mtu(r.Interface.MTU)))
 	})
 
-	l := r.Lease
-	p.section(func(t io.Writer) {
-		fmt.Fprintln(t, "LEASE\tON THE NODE\tLOCAL\tSTATUS")
-		subnetStatus := l.SubnetStatus
-		if subnetStatus != StatusOK {
-			subnetStatus = "outside network " + r.Network
-		}
-		fmt.Fprintf(t, "subnet\t%s\t\t%s\n", dash(l.Subnet), subnetStatus)
-		for _, row := range []struct {
-			name string
-			c    Compared
-		}{{"public IP", l.PublicIP}, {"backend type", l.BackendType}, {"backend data", l.BackendData}} {
-			fmt.Fprintf(t, "%s\t%s\t%s\t%s\n", row.name, dash(row.c.Advertised), dash(row.c.Local), row.c.Status)
-		}
-	})
+	p.section(func(t io.Writer) { writeLease(t, r) })
 
-	p.section(func(t io.Writer) {
-		fmt.Fprintln(t, "DEVICE\tTYPE\tMAC\tMTU\tSTATE\tADDRESSES\tSTATUS")
-		if len(r.Devices) == 0 {
-			fmt.Fprintf(t, "(none: %s uses the external interface)\n", r.Backend)
-		}
-		for _, d := range r.Devices {
-			if d.Status == StatusMissing {
-				fmt.Fprintf(t, "-\t\t\t\t\t\tmissing: %s\n", d.Detail)
-				continue
-			}
-			state := "up"
-			if !d.Up {
-				state = "down"
-			}
-			typ := d.Type
-			if d.VNI != 0 {
-				typ += fmt.Sprintf(" vni %d", d.VNI)
-			}
-			fmt.Fprintf(t, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", d.Name, typ, dash(d.MAC), d.MTU, state,
-				dash(strings.Join(d.Addresses, ",")), status(d.Status, d.Detail))
-		}
-	})
+	p.section(func(t io.Writer) { writeDevices(t, r) })
 
-	p.section(func(t io.Writer) {
-		fmt.Fprintln(t, "PEER\tSUBNET\tPUBLIC IP\tKIND\tEXPECTED\tSTATUS")
-		if len(r.Peers) == 0 {
-			fmt.Fprintln(t, "(no peers)")
-		}
-		for _, pr := range r.Peers {
-			first := true
-			row := func(kind, want, st string) {
-				if first {
-					fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%s\n", pr.Name, pr.Subnet, pr.PublicIP, kind, want, st)
-					first = false
-					return
-				}
-				fmt.Fprintf(t, "\t\t\t%s\t%s\t%s\n", kind, want, st)
-			}
-			for _, e := range pr.Entries {
-				st := e.Status
-				if e.Have != "" {
-					st += ": kernel has " + e.Have
-				}
-				row(e.Kind, e.Want, st)
-			}
-			if pr.Probe != nil {
-				st := "reachable"
-				if !pr.Probe.Reachable {
-					st = "unreachable"
-				}
-				row("probe", "ping "+pr.Probe.Target, st)
-			}
-			if first {
-				row("-", "(no entries)", "")
-			}
-		}
-	})
+	p.section(func(t io.Writer) { writePeers(t, r.Peers) })
 
 	if len(r.Skipped) > 0 {
 		p.section(func(t io.Writer) {
 			fmt.Fprintln(t, "SKIPPED PEER\tSUBNET\tREASON")
 			for _, s := range r.Skipped {
-				fmt.Fprintf(t, "%s\t%s\t%s\n", s.Name, dash(s.Subnet), s.Reason)
+				fmt.Fprintf(t, "%s\t%s\t%s\n", s.Name, join(s.Subnet, s.IPv6Subnet), s.Reason)
 			}
 		})
 	}
@@ -118,25 +50,7 @@ func WriteText(w io.Writer, r Report) error {
 		})
 	}
 
-	p.section(func(t io.Writer) {
-		heading := "FIREWALL RULE"
-		if r.Firewall.Mode != "" {
-			heading += " (" + r.Firewall.Mode + ")"
-		}
-		fmt.Fprintln(t, heading+"\tSTATUS")
-		if len(r.Firewall.Rules) == 0 {
-			fmt.Fprintln(t, "(none: neither --ip-masq nor --iptables-forward-rules)")
-		}
-		for _, rule := range r.Firewall.Rules {
-			fmt.Fprintf(t, "%s\t%s\n", rule.Rule, rule.Status)
-		}
-		for _, problem := range r.Firewall.Problems {
-			fmt.Fprintf(t, "%s\t%s\n", problem, StatusDiffers)
-		}
-		for _, left := range r.Firewall.OtherMode {
-			fmt.Fprintf(t, "%s\tleft over from the other mode\n", left)
-		}
-	})
+	p.section(func(t io.Writer) { writeFirewall(t, r.Firewall) })
 
 	e := r.SubnetEnv
 	p.section(func(t io.Writer) {
@@ -168,6 +82,135 @@ func WriteText(w io.Writer, r Report) error {
 		}
 	}
 	return p.err
+}
+
+// writeLease prints the LEASE section: the rows of the enabled address
+// families (a disabled family's rows have no status, or are absent).
+func writeLease(t io.Writer, r Report) {
+	l := r.Lease
+	fmt.Fprintln(t, "LEASE\tON THE NODE\tLOCAL\tSTATUS")
+	subnetRow := func(name, sn, st, network string) {
+		switch {
+		case st == StatusOK:
+		case sn == "":
+			st = "missing"
+		default:
+			st = "outside network " + network
+		}
+		fmt.Fprintf(t, "%s\t%s\t\t%s\n", name, dash(sn), st)
+	}
+	compared := func(name string, c *Compared) {
+		if c != nil && c.Status != "" {
+			fmt.Fprintf(t, "%s\t%s\t%s\t%s\n", name, dash(c.Advertised), dash(c.Local), c.Status)
+		}
+	}
+	if l.SubnetStatus != "" {
+		subnetRow("subnet", l.Subnet, l.SubnetStatus, r.Network)
+	}
+	if l.IPv6SubnetStatus != "" {
+		subnetRow("IPv6 subnet", l.IPv6Subnet, l.IPv6SubnetStatus, r.IPv6Network)
+	}
+	compared("public IP", &l.PublicIP)
+	compared("public IPv6", l.PublicIPv6)
+	compared("backend type", &l.BackendType)
+	compared("backend data", &l.BackendData)
+	compared("backend v6 data", l.BackendV6Data)
+}
+
+// writeDevices prints the DEVICE section.
+func writeDevices(t io.Writer, r Report) {
+	fmt.Fprintln(t, "DEVICE\tTYPE\tMAC\tMTU\tSTATE\tADDRESSES\tSTATUS")
+	if len(r.Devices) == 0 {
+		fmt.Fprintf(t, "(none: %s uses the external interface)\n", r.Backend)
+	}
+	for _, d := range r.Devices {
+		if d.Status == StatusMissing {
+			fmt.Fprintf(t, "-\t\t\t\t\t\tmissing: %s\n", d.Detail)
+			continue
+		}
+		state := "up"
+		if !d.Up {
+			state = "down"
+		}
+		typ := d.Type
+		if d.VNI != 0 {
+			typ += fmt.Sprintf(" vni %d", d.VNI)
+		}
+		fmt.Fprintf(t, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", d.Name, typ, dash(d.MAC), d.MTU, state,
+			dash(strings.Join(d.Addresses, ",")), status(d.Status, d.Detail))
+	}
+}
+
+// writeFirewall prints the FIREWALL RULE section.
+func writeFirewall(t io.Writer, f FirewallReport) {
+	heading := "FIREWALL RULE"
+	if f.Mode != "" {
+		heading += " (" + f.Mode + ")"
+	}
+	fmt.Fprintln(t, heading+"\tSTATUS")
+	if len(f.Rules) == 0 {
+		fmt.Fprintln(t, "(none: neither --ip-masq nor --iptables-forward-rules)")
+	}
+	for _, rule := range f.Rules {
+		fmt.Fprintf(t, "%s\t%s\n", rule.Rule, rule.Status)
+	}
+	for _, problem := range f.Problems {
+		fmt.Fprintf(t, "%s\t%s\n", problem, StatusDiffers)
+	}
+	for _, left := range f.OtherMode {
+		fmt.Fprintf(t, "%s\tleft over from the other mode\n", left)
+	}
+}
+
+// writePeers prints the PEER section: per peer its entries and probes, its
+// IPv4 subnet and public IP on the first row, its IPv6 ones on the next.
+func writePeers(t io.Writer, peers []PeerReport) {
+	fmt.Fprintln(t, "PEER\tSUBNET\tPUBLIC IP\tKIND\tEXPECTED\tSTATUS")
+	if len(peers) == 0 {
+		fmt.Fprintln(t, "(no peers)")
+	}
+	for _, pr := range peers {
+		var cells [][3]string // name, subnet, public IP of the first rows
+		if pr.Subnet != "" || pr.IPv6Subnet == "" {
+			cells = append(cells, [3]string{"", pr.Subnet, pr.PublicIP})
+		}
+		if pr.IPv6Subnet != "" {
+			cells = append(cells, [3]string{"", pr.IPv6Subnet, pr.PublicIPv6})
+		}
+		cells[0][0] = pr.Name
+		rows := 0
+		row := func(kind, want, st string) {
+			var c [3]string
+			if rows < len(cells) {
+				c = cells[rows]
+			}
+			rows++
+			fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%s\n", c[0], c[1], c[2], kind, want, st)
+		}
+		for _, e := range pr.Entries {
+			st := e.Status
+			if e.Have != "" {
+				st += ": kernel has " + e.Have
+			}
+			row(e.Kind, e.Want, st)
+		}
+		for _, probe := range []*ProbeReport{pr.Probe, pr.ProbeIPv6} {
+			if probe == nil {
+				continue
+			}
+			st := "reachable"
+			if !probe.Reachable {
+				st = "unreachable"
+			}
+			row("probe", "ping "+probe.Target, st)
+		}
+		if rows == 0 {
+			row("-", "(no entries)", "")
+		}
+		for rows < len(cells) {
+			row("", "", "")
+		}
+	}
 }
 
 // printer prints sections separated by blank lines, each aligned on its
