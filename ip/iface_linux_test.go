@@ -6,56 +6,17 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"os"
-	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/flanneld/flanneld/network/nstest"
 )
 
-// newTestNetns creates an anonymous network namespace (nothing machine-wide
-// is named, so parallel runs cannot collide) and returns a netlink handle
-// into it. The calling thread is returned to its original namespace at once;
-// the namespace disappears when the test's cleanup closes the handles.
-func newTestNetns(t *testing.T) *netlink.Handle {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: creating a network namespace needs root")
-	}
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatalf("getting the current network namespace: %v", err)
-	}
-	defer orig.Close()
-	ns, newErr := netns.New() // also switches this thread into ns
-	if err := netns.Set(orig); err != nil {
-		// Keep the thread locked: the runtime discards it when the
-		// goroutine ends, so no other goroutine runs in the wrong netns.
-		t.Fatalf("restoring the original network namespace: %v", err)
-	}
-	runtime.UnlockOSThread()
-	if errors.Is(newErr, unix.EPERM) {
-		t.Skipf("skipping: not allowed to create a network namespace: %v", newErr)
-	}
-	if newErr != nil {
-		t.Fatalf("creating a network namespace: %v", newErr)
-	}
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		ns.Close()
-		t.Fatalf("opening a netlink handle in the new namespace: %v", err)
-	}
-	t.Cleanup(func() {
-		h.Close()
-		ns.Close()
-	})
-	return h
-}
+// newTestNetns returns a netlink handle into a throwaway namespace.
+func newTestNetns(t *testing.T) *netlink.Handle { return nstest.New(t).Handle(t) }
 
 // testNet builds links, addresses and routes through a handle.
 type testNet struct {

@@ -4,22 +4,19 @@ package vxlan
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/netip"
-	"os"
 	"os/exec"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/flanneld/flanneld/backend"
 	"github.com/flanneld/flanneld/ip"
+	"github.com/flanneld/flanneld/network/nstest"
 	"github.com/flanneld/flanneld/subnet"
 )
 
@@ -43,31 +40,8 @@ const (
 // failure. The test's own thread never changes namespace.
 func newTestNS(t *testing.T) *testNS {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: needs root to create a network namespace")
-	}
-	var rnd [4]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
-		t.Fatal(err)
-	}
-	n := &testNS{t: t, name: "flvx-test-" + hex.EncodeToString(rnd[:])}
-	if out, err := exec.Command("ip", "netns", "add", n.name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v: %s", n.name, err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", n.name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", n.name, err, out)
-		}
-	})
-	nsh, err := netns.GetFromName(n.name)
-	if err != nil {
-		t.Fatalf("open namespace %s: %v", n.name, err)
-	}
-	t.Cleanup(func() { nsh.Close() })
-	if n.h, err = netlink.NewHandleAt(nsh); err != nil {
-		t.Fatalf("netlink handle in %s: %v", n.name, err)
-	}
-	t.Cleanup(n.h.Delete)
+	ns := nstest.New(t)
+	n := &testNS{t: t, name: ns.Name, h: ns.Handle(t)}
 
 	n.ip("link", "add", "veth0", "mtu", fmt.Sprint(vethMTU), "type", "veth", "peer", "name", "veth1", "mtu", fmt.Sprint(vethMTU))
 	n.ip("addr", "add", vethAddr+"/24", "dev", "veth0")

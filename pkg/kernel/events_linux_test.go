@@ -4,59 +4,23 @@ package kernel
 
 import (
 	"context"
-	"errors"
 	"net"
-	"os"
 	"runtime"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
-)
 
-// newTestNetns creates an anonymous network namespace (nothing machine-wide
-// is named, so parallel runs cannot collide); the calling thread returns
-// to its namespace at once. It is closed when the test ends.
-func newTestNetns(t *testing.T) netns.NsHandle {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: creating a network namespace needs root")
-	}
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	ns, newErr := netns.New()
-	if err := netns.Set(orig); err != nil {
-		t.Fatalf("restoring the original network namespace: %v", err) // the thread stays locked and is discarded
-	}
-	runtime.UnlockOSThread()
-	if errors.Is(newErr, unix.EPERM) {
-		t.Skipf("skipping: %v", newErr)
-	}
-	if newErr != nil {
-		t.Fatal(newErr)
-	}
-	t.Cleanup(func() { ns.Close() })
-	return ns
-}
+	"github.com/flanneld/flanneld/network/nstest"
+)
 
 // TestSubscribeEndsItsGoroutines: when the receiver stops while the
 // notification channels are full, Subscribe drains them so that netlink's
 // readers, blocked sending, end with it; it returns only once they have.
 // (On 4308a5a the readers blocked on a full channel forever.)
 func TestSubscribeEndsItsGoroutines(t *testing.T) {
-	ns := newTestNetns(t)
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
+	n := nstest.New(t)
+	ns, h := n.Open(t), n.Handle(t)
 	lo, err := h.LinkByName("lo")
 	if err != nil {
 		t.Fatal(err)
