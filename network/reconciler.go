@@ -81,8 +81,6 @@ func (r *Result) retryAt(t time.Time) {
 	}
 }
 
-// Changed reports whether the pass changed anything in the kernel.
-func (r Result) Changed() bool { return r.Added+r.Removed > 0 }
 
 // Backoff of a failing entry: it is retried after retryMin, doubling up to
 // retryMax.
@@ -189,17 +187,6 @@ func (r *Reconciler) unwant(owner string, old, keep State) {
 	}
 }
 
-// Replace makes desired the whole desired state (OwnedLinks included),
-// held by the owner "".
-func (r *Reconciler) Replace(desired State) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.routes.clearDesired()
-	r.neighs.clearDesired()
-	r.fdbs.clearDesired()
-	r.ownedLinks = slices.Clone(desired.OwnedLinks)
-	r.want("", desired)
-}
 
 // Update changes the desired state of owner (a peer's name, or "" for the
 // backend's own state) from old to new (either may be empty). It costs
@@ -242,11 +229,6 @@ func (r *Reconciler) SetOwnedLinks(links []int) {
 	r.ownedLinks = slices.Clone(links)
 }
 
-// Sync replaces the desired state and applies it; see Apply.
-func (r *Reconciler) Sync(desired State, full bool) (Result, error) {
-	r.Replace(desired)
-	return r.Apply(full)
-}
 
 // Apply makes the kernel match the desired state. With full set it reads
 // the kernel first, repairing drift and pruning flanneld's stale entries;

@@ -95,7 +95,7 @@ func TestSyncIsIdempotent(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(f.Calls) != 0 || res.Changed() {
+		if len(f.Calls) != 0 || changed(res) {
 			t.Fatalf("full=%v: second pass changed the kernel: %v", full, f.Calls)
 		}
 	}
@@ -136,7 +136,7 @@ func TestFullSyncRepairsDrift(t *testing.T) {
 	f.Neighs[n.Key()] = n
 
 	// An incremental pass trusts its memory and does nothing.
-	if res, _ := r.Sync(stateOf(2, 3), false); res.Changed() {
+	if res, _ := r.Sync(stateOf(2, 3), false); changed(res) {
 		t.Fatalf("incremental pass changed the kernel: %+v", res)
 	}
 	res, err := r.Sync(stateOf(2, 3), true)

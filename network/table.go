@@ -124,17 +124,6 @@ func (t *table[K, V]) unwant(owner string, k K) {
 	t.dirty[k] = struct{}{}
 }
 
-func (t *table[K, V]) clearDesired() {
-	for k := range t.desired {
-		t.dirty[k] = struct{}{}
-	}
-	clear(t.desired)
-	clear(t.holder)
-	clear(t.waiting)
-	t.amu.Lock()
-	clear(t.failed)
-	t.amu.Unlock()
-}
 
 // keys returns the keys a pass looks at, sorted: the dirty ones for an
 // incremental pass; for a full pass every key desired, applied or in the

@@ -154,7 +154,9 @@ func cleanInputs(t *testing.T) (Inputs, *kernel.Fake) {
 		}
 		desired.Merge(st)
 	}
-	if _, err := rec.Sync(desired, true); err != nil {
+	rec.SetOwnedLinks(desired.OwnedLinks)
+	rec.Update("", network.State{}, desired)
+	if _, err := rec.Apply(true); err != nil {
 		t.Fatal(err)
 	}
 	foreign := kernel.Route{Dst: netip.MustParsePrefix("0.0.0.0/0"), Gw: netip.MustParseAddr("192.168.100.1"), LinkIndex: extIndex, Protocol: 3}

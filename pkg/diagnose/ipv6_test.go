@@ -118,7 +118,10 @@ func ipv6Inputs(t *testing.T, ipv4 bool) (Inputs, *kernel.Fake) {
 		}
 		desired.Merge(st)
 	}
-	if _, err := network.NewReconciler(k).Sync(desired, true); err != nil {
+	rec := network.NewReconciler(k)
+	rec.SetOwnedLinks(desired.OwnedLinks)
+	rec.Update("", network.State{}, desired)
+	if _, err := rec.Apply(true); err != nil {
 		t.Fatal(err)
 	}
 
