@@ -81,7 +81,6 @@ func (r *Result) retryAt(t time.Time) {
 	}
 }
 
-
 // Backoff of a failing entry: it is retried after retryMin, doubling up to
 // retryMax.
 const (
@@ -187,7 +186,6 @@ func (r *Reconciler) unwant(owner string, old, keep State) {
 	}
 }
 
-
 // Update changes the desired state of owner (a peer's name, or "" for the
 // backend's own state) from old to new (either may be empty). It costs
 // work for those entries only. A key another owner holds is not taken
@@ -228,7 +226,6 @@ func (r *Reconciler) SetOwnedLinks(links []int) {
 	defer r.mu.Unlock()
 	r.ownedLinks = slices.Clone(links)
 }
-
 
 // Apply makes the kernel match the desired state. With full set it reads
 // the kernel first, repairing drift and pruning flanneld's stale entries;

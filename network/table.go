@@ -124,7 +124,6 @@ func (t *table[K, V]) unwant(owner string, k K) {
 	t.dirty[k] = struct{}{}
 }
 
-
 // keys returns the keys a pass looks at, sorted: the dirty ones for an
 // incremental pass; for a full pass every key desired, applied or in the
 // kernel.
