@@ -154,3 +154,15 @@ func ParseAddrOf(s string, want4 bool) (netip.Addr, error) {
 	}
 	return a, nil
 }
+
+// Text is v's text, or "" when v is not valid (an address or prefix of a
+// family that is off): for logs, reports and files that leave it out.
+func Text[T interface {
+	IsValid() bool
+	String() string
+}](v T) string {
+	if !v.IsValid() {
+		return ""
+	}
+	return v.String()
+}

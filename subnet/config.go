@@ -177,20 +177,11 @@ func (c Config) MarshalJSON() ([]byte, error) {
 		IPv6SubnetMax  string          `json:",omitempty"`
 		Backend        json.RawMessage `json:",omitempty"`
 	}
-	str := func(v interface {
-		IsValid() bool
-		String() string
-	}) string {
-		if !v.IsValid() {
-			return ""
-		}
-		return v.String()
-	}
 	o := out{
-		Network: str(c.Network), IPv6Network: str(c.IPv6Network),
+		Network: ip.Text(c.Network), IPv6Network: ip.Text(c.IPv6Network),
 		EnableIPv4: c.EnableIPv4, EnableIPv6: c.EnableIPv6, EnableNFTables: c.EnableNFTables,
-		SubnetLen: c.SubnetLen, SubnetMin: str(c.SubnetMin), SubnetMax: str(c.SubnetMax),
-		IPv6SubnetLen: c.IPv6SubnetLen, IPv6SubnetMin: str(c.IPv6SubnetMin), IPv6SubnetMax: str(c.IPv6SubnetMax),
+		SubnetLen: c.SubnetLen, SubnetMin: ip.Text(c.SubnetMin), SubnetMax: ip.Text(c.SubnetMax),
+		IPv6SubnetLen: c.IPv6SubnetLen, IPv6SubnetMin: ip.Text(c.IPv6SubnetMin), IPv6SubnetMax: ip.Text(c.IPv6SubnetMax),
 		Backend: c.Backend,
 	}
 	if len(o.Backend) == 0 && c.BackendType != "" {

@@ -128,13 +128,13 @@ func Build(in Inputs) (Report, error) {
 		Problems: []string{},
 	}}
 	if in.Config.EnableIPv4 {
-		b.r.Network = prefixString(in.Config.Network)
+		b.r.Network = ip.Text(in.Config.Network)
 	}
 	if in.Config.EnableIPv6 {
-		b.r.IPv6Network = prefixString(in.Config.IPv6Network)
+		b.r.IPv6Network = ip.Text(in.Config.IPv6Network)
 	}
 	if e := in.ExtIface; e != nil {
-		b.r.Interface = InterfaceReport{Name: e.Name, Address: addrString(e.IfaceAddr), AddressIPv6: addrString(e.IfaceV6Addr), MTU: e.MTU}
+		b.r.Interface = InterfaceReport{Name: e.Name, Address: ip.Text(e.IfaceAddr), AddressIPv6: ip.Text(e.IfaceV6Addr), MTU: e.MTU}
 	}
 	b.lease()
 	b.devices()
@@ -201,10 +201,10 @@ func (b *builder) lease() {
 		l.IPv6Subnet, l.IPv6SubnetStatus = b.podCIDR("IPv6 podCIDR", b.in.Own.IPv6Subnet)
 	}
 	if cfg.EnableIPv4 {
-		l.PublicIP = b.compare("public IP", addrString(own.PublicIP), addrString(local.PublicIP))
+		l.PublicIP = b.compare("public IP", ip.Text(own.PublicIP), ip.Text(local.PublicIP))
 	}
 	if cfg.EnableIPv6 {
-		c := b.compare("public IPv6", addrString(own.PublicIPv6), addrString(local.PublicIPv6))
+		c := b.compare("public IPv6", ip.Text(own.PublicIPv6), ip.Text(local.PublicIPv6))
 		l.PublicIPv6 = &c
 	}
 	l.BackendType = b.compare("backend type", own.BackendType, local.BackendType)
@@ -295,7 +295,7 @@ func (b *builder) device(d Device) DeviceReport {
 	want := b.deviceAddress(ipv6)
 	dr := DeviceReport{
 		Name: d.Name, Type: d.Type, VNI: d.VNI, MAC: d.MAC, MTU: d.MTU, Up: d.Up, Addresses: []string{},
-		Local: addrString(d.Local), WantMTU: b.deviceMTU(ipv6), WantAddress: prefixString(want), Status: StatusOK,
+		Local: ip.Text(d.Local), WantMTU: b.deviceMTU(ipv6), WantAddress: ip.Text(want), Status: StatusOK,
 	}
 	for _, a := range d.Addresses {
 		dr.Addresses = append(dr.Addresses, a.String())
@@ -392,10 +392,10 @@ func (b *builder) peers() error {
 		pr := PeerReport{Name: p.Name}
 		pr.Subnet, pr.IPv6Subnet = b.subnets(p)
 		if b.in.Config.EnableIPv4 {
-			pr.PublicIP = addrString(p.Attrs.PublicIP)
+			pr.PublicIP = ip.Text(p.Attrs.PublicIP)
 		}
 		if b.in.Config.EnableIPv6 {
-			pr.PublicIPv6 = addrString(p.Attrs.PublicIPv6)
+			pr.PublicIPv6 = ip.Text(p.Attrs.PublicIPv6)
 		}
 		for _, rt := range st.Routes {
 			pr.Entries = append(pr.Entries, b.entry("route", rt.String(), snap.RouteStatus(rt), func() string {
@@ -441,10 +441,10 @@ func (b *builder) peers() error {
 // subnets are a peer's subnets of the enabled families.
 func (b *builder) subnets(p subnet.Lease) (sn, sn6 string) {
 	if b.in.Config.EnableIPv4 {
-		sn = prefixString(p.Subnet)
+		sn = ip.Text(p.Subnet)
 	}
 	if b.in.Config.EnableIPv6 {
-		sn6 = prefixString(p.IPv6Subnet)
+		sn6 = ip.Text(p.IPv6Subnet)
 	}
 	return sn, sn6
 }
@@ -586,7 +586,7 @@ func (b *builder) probe() {
 		fams, _ := backend.PeerFamilies(byName[pr.Name], b.in.Config.EnableIPv4, b.in.Config.EnableIPv6)
 		for _, f := range fams {
 			target := probeTarget(b.in.Config.BackendType, f)
-			rep := &ProbeReport{Target: addrString(target)}
+			rep := &ProbeReport{Target: ip.Text(target)}
 			if f.IPv6 {
 				pr.ProbeIPv6 = rep
 			} else {
@@ -626,20 +626,6 @@ func probeTarget(backendType string, f backend.Family) netip.Addr {
 		return f.PublicIP
 	}
 	return f.Subnet.Masked().Addr()
-}
-
-func addrString(a netip.Addr) string {
-	if !a.IsValid() {
-		return ""
-	}
-	return a.String()
-}
-
-func prefixString(p netip.Prefix) string {
-	if !p.IsValid() {
-		return ""
-	}
-	return p.String()
 }
 
 func sortedKeys[V any](m map[string]V) []string {

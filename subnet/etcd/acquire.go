@@ -8,6 +8,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"k8s.io/klog/v2"
 
+	"github.com/flanneld/flanneld/ip"
 	"github.com/flanneld/flanneld/subnet"
 )
 
@@ -106,8 +107,8 @@ func (s *Source) leaseWrite(ctx context.Context, ch choice, revs map[string]int6
 	for _, e := range ch.stale {
 		staleKey := s.subnetsKey() + e.lease.Name
 		klog.InfoS("Deleting this host's lease that does not fit the network configuration",
-			"key", staleKey, "network", validPrefix(s.net.Network), "subnetLen", s.net.SubnetLen,
-			"ipv6Network", validPrefix(s.net.IPv6Network), "ipv6SubnetLen", s.net.IPv6SubnetLen)
+			"key", staleKey, "network", ip.Text(s.net.Network), "subnetLen", s.net.SubnetLen,
+			"ipv6Network", ip.Text(s.net.IPv6Network), "ipv6SubnetLen", s.net.IPv6SubnetLen)
 		w.conds = append(w.conds, clientv3.Compare(clientv3.ModRevision(staleKey), "=", revs[e.lease.Name]))
 		w.ops = append(w.ops, clientv3.OpDelete(staleKey))
 	}
@@ -146,7 +147,7 @@ func (s *Source) acquired(ch choice, w leaseWrite, attrs subnet.LeaseAttrs, prev
 		(!ch.subnet.IsValid() || ch.subnet == previous) && (!ch.ipv6Subnet.IsValid() || ch.ipv6Subnet == previous6):
 		how = "previous subnet" // from the subnet file, or held before the key was lost
 	}
-	klog.InfoS("Acquired etcd lease", "key", w.key, "subnet", validPrefix(ch.subnet), "ipv6Subnet", validPrefix(ch.ipv6Subnet), "how", how, "ttl", s.cfg.TTL)
+	klog.InfoS("Acquired etcd lease", "key", w.key, "subnet", ip.Text(ch.subnet), "ipv6Subnet", ip.Text(ch.ipv6Subnet), "how", how, "ttl", s.cfg.TTL)
 	s.reportExpiry(w.id)
 	return l
 }

@@ -396,11 +396,3 @@ func (s *Source) fail(err error) {
 
 // ReportReady implements subnet.Source: etcd has no node status.
 func (s *Source) ReportReady(context.Context) error { return nil }
-
-// validPrefix logs an unset prefix as empty.
-func validPrefix(p netip.Prefix) string {
-	if !p.IsValid() {
-		return ""
-	}
-	return p.String()
-}
