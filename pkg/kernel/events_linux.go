@@ -136,13 +136,8 @@ func subscribeOnce(ctx context.Context, ns *netns.NsHandle, fn func(Event)) {
 			if !ok {
 				return
 			}
-			deleted := u.Type == unix.RTM_DELROUTE
-			if rt, ok := routeFromNetlink(u.Route); ok {
-				fn(Event{Route: &rt, Deleted: deleted})
-			} else if deleted && (u.Table == 0 || u.Table == unix.RT_TABLE_MAIN) && u.Dst != nil {
-				// Another agent's blackhole or unreachable route is gone:
-				// a route of flanneld's it was in the way of can go in.
-				fn(Event{Route: &Route{Dst: ip.PrefixFromIPNet(u.Dst), Protocol: int(u.Protocol)}, Deleted: true})
+			if ev, ok := routeEvent(u); ok {
+				fn(ev)
 			}
 		case u, ok := <-neighs:
 			if !ok {
@@ -160,14 +155,25 @@ func subscribeOnce(ctx context.Context, ns *netns.NsHandle, fn func(Event)) {
 			if !ok {
 				return
 			}
-			fn(Event{Link: &LinkEvent{
-				Index:   u.Attrs().Index,
-				Name:    u.Attrs().Name,
-				Up:      u.Attrs().Flags&net.FlagUp != 0,
-				Deleted: u.Header.Type == unix.RTM_DELLINK,
-			}})
+			fn(Event{Link: &LinkEvent{Index: u.Attrs().Index, Name: u.Attrs().Name,
+				Up: u.Attrs().Flags&net.FlagUp != 0, Deleted: u.Header.Type == unix.RTM_DELLINK}})
 		}
 	}
+}
+
+// routeEvent converts a route notification: a main-table unicast route,
+// or the deletion of any other main-table route (another agent's blackhole
+// or unreachable route is gone: a route of flanneld's it was in the way of
+// can go in).
+func routeEvent(u netlink.RouteUpdate) (Event, bool) {
+	deleted := u.Type == unix.RTM_DELROUTE
+	if rt, ok := routeFromNetlink(u.Route); ok {
+		return Event{Route: &rt, Deleted: deleted}, true
+	}
+	if deleted && (u.Table == 0 || u.Table == unix.RT_TABLE_MAIN) && u.Dst != nil {
+		return Event{Route: &Route{Dst: ip.PrefixFromIPNet(u.Dst), Protocol: int(u.Protocol)}, Deleted: true}, true
+	}
+	return Event{}, false
 }
 
 func neighEvent(u netlink.NeighUpdate) (Event, bool) {
