@@ -1,20 +1,16 @@
 package diagnose
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 
 	"github.com/flanneld/flanneld/backend"
-	"github.com/flanneld/flanneld/backend/hostgw"
 	"github.com/flanneld/flanneld/ip"
 	"github.com/flanneld/flanneld/network"
 	"github.com/flanneld/flanneld/pkg/daemon"
@@ -277,93 +273,6 @@ func canonicalJSON(raw json.RawMessage) string {
 	return string(out)
 }
 
-func (b *builder) devices() {
-	if !b.attached() {
-		b.r.Devices = append(b.r.Devices, DeviceReport{Status: StatusMissing, Detail: b.in.AttachErr.Error()})
-		b.problem("device: %v", b.in.AttachErr)
-		return
-	}
-	for _, d := range b.in.Devices {
-		b.r.Devices = append(b.r.Devices, b.device(d))
-	}
-}
-
-// device compares one device with what the backend gives the device of
-// its address family: MTU, up, and the lease's address of that family.
-func (b *builder) device(d Device) DeviceReport {
-	ipv6 := deviceIPv6(d, b.in.Config)
-	want := b.deviceAddress(ipv6)
-	dr := DeviceReport{
-		Name: d.Name, Type: d.Type, VNI: d.VNI, MAC: d.MAC, MTU: d.MTU, Up: d.Up, Addresses: []string{},
-		Local: ip.Text(d.Local), WantMTU: b.deviceMTU(ipv6), WantAddress: ip.Text(want), Status: StatusOK,
-	}
-	for _, a := range d.Addresses {
-		dr.Addresses = append(dr.Addresses, a.String())
-	}
-	var diffs []string
-	if d.MTU != dr.WantMTU {
-		diffs = append(diffs, fmt.Sprintf("MTU %d, want %d", d.MTU, dr.WantMTU))
-	}
-	if !d.Up {
-		diffs = append(diffs, "down")
-	}
-	// Without a subnet of the family the lease check reports the problem.
-	if want.IsValid() && (len(d.Addresses) != 1 || d.Addresses[0] != want) {
-		diffs = append(diffs, fmt.Sprintf("addresses [%s], want %s", strings.Join(dr.Addresses, " "), want))
-	}
-	if len(diffs) > 0 {
-		dr.Status, dr.Detail = StatusDiffers, strings.Join(diffs, "; ")
-		b.problem("device %s: %s", d.Name, dr.Detail)
-	}
-	return dr
-}
-
-// deviceIPv6 tells whether d is the device of the IPv6 pods: a VXLAN
-// device by the family of the underlay address it sends from
-// (flannel-v6.<VNI> sends from an IPv6 address); a device without one
-// (the udp backend's TUN, IPv4 only) serves IPv4 unless only IPv6 is
-// enabled.
-func deviceIPv6(d Device, cfg *subnet.Config) bool {
-	if d.Local.IsValid() {
-		return d.Local.Unmap().Is6()
-	}
-	return !cfg.EnableIPv4
-}
-
-// deviceAddress is the address the backend gives its device of the
-// family: the network address of the lease's subnet of the family, as a
-// /32 (/128). Invalid when the lease has no such subnet.
-func (b *builder) deviceAddress(ipv6 bool) netip.Prefix {
-	sn := b.in.Own.Subnet
-	if ipv6 {
-		sn = b.in.Own.IPv6Subnet
-	}
-	if !sn.IsValid() {
-		return netip.Prefix{}
-	}
-	return netip.PrefixFrom(sn.Masked().Addr(), sn.Addr().BitLen())
-}
-
-// ipv6HeaderExtra is how much longer an IPv6 header (40 bytes) is than an
-// IPv4 one (20): what encapsulation over IPv6 costs more than over IPv4.
-const ipv6HeaderExtra = 40 - 20
-
-// deviceMTU is the MTU the backend gives its device of the family. The
-// Backend interface tells only the pods' MTU (MTU(), for subnet.env): the
-// smaller of its devices' MTUs. That is the MTU of a backend's only
-// device; with a device per family (vxlan dual stack: flannel.1 at the
-// external MTU - 50, flannel-v6.1 at - 70) it is the IPv6 device's, and
-// the IPv4 device has the 20 bytes of the longer outer IPv6 header more.
-// Derived here rather than added to the Backend interface.
-func (b *builder) deviceMTU(ipv6 bool) int {
-	mtu := b.in.Backend.MTU()
-	cfg := b.in.Config
-	if !ipv6 && cfg.EnableIPv4 && cfg.EnableIPv6 && len(b.ownedLinks()) > 1 {
-		mtu += ipv6HeaderExtra
-	}
-	return mtu
-}
-
 // peers decides, as the daemon's sync loop does, which peers are
 // programmed (in name order, a peer overlapping this node or an earlier
 // peer is skipped), then compares each one's entries with the kernel.
@@ -501,131 +410,6 @@ func (b *builder) firewall() error {
 		b.problem("firewall: %s", p)
 	}
 	return errors.Join(errs...)
-}
-
-func (b *builder) subnetEnv() {
-	e := b.in.Env
-	r := &b.r.SubnetEnv
-	r.Path, r.Status, r.Lines = e.Path, StatusOK, []EnvLine{}
-	want, err := subnet.FormatEnv(e.Expected)
-	if err != nil {
-		r.Status, r.Error = StatusDiffers, err.Error()
-		b.problem("subnet.env: cannot compute the expected content: %v", err)
-		return
-	}
-	switch {
-	case errors.Is(e.ReadErr, fs.ErrNotExist):
-		r.Status = StatusMissing
-		b.problem("subnet.env: %s does not exist", e.Path)
-	case e.ReadErr != nil:
-		r.Status, r.Error = StatusDiffers, e.ReadErr.Error()
-		b.problem("subnet.env: %v", e.ReadErr)
-	}
-	expected, expectedKeys := envLines(want)
-	onDisk, diskKeys := envLines(e.OnDisk)
-	for _, k := range diskKeys {
-		if _, ok := expected[k]; !ok {
-			expectedKeys = append(expectedKeys, k)
-		}
-	}
-	for _, k := range expectedKeys {
-		line := EnvLine{Key: k, Expected: expected[k], OnDisk: onDisk[k], Status: StatusOK}
-		if line.Expected != line.OnDisk {
-			line.Status = StatusDiffers
-			if r.Status == StatusOK {
-				r.Status = StatusDiffers
-			}
-			if e.ReadErr == nil {
-				b.problem("subnet.env: %s=%s, want %s", k, line.OnDisk, line.Expected)
-			}
-		}
-		r.Lines = append(r.Lines, line)
-	}
-}
-
-// envLines reads KEY=VALUE lines (quotes removed), keys in order.
-func envLines(text []byte) (map[string]string, []string) {
-	values := map[string]string{}
-	var keys []string
-	sc := bufio.NewScanner(bytes.NewReader(text))
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		k, v, ok := strings.Cut(line, "=")
-		if !ok || strings.HasPrefix(line, "#") {
-			continue
-		}
-		k, v = strings.TrimSpace(k), strings.Trim(strings.TrimSpace(v), `"'`)
-		if _, seen := values[k]; !seen {
-			keys = append(keys, k)
-		}
-		values[k] = v
-	}
-	return values, keys
-}
-
-// probe pings every programmed peer once in each address family it is
-// programmed in, a few at a time.
-func (b *builder) probe() {
-	if b.in.Probe == nil {
-		return
-	}
-	byName := map[string]subnet.Lease{}
-	for _, p := range b.in.Peers {
-		byName[p.Name] = p
-	}
-	type probe struct {
-		peer   string
-		target netip.Addr
-		report *ProbeReport
-	}
-	var probes []probe
-	for i := range b.r.Peers {
-		pr := &b.r.Peers[i]
-		// The families the backend programmed the peer in (it passed
-		// PeerFamilies, or it would have been skipped).
-		fams, _ := backend.PeerFamilies(byName[pr.Name], b.in.Config.EnableIPv4, b.in.Config.EnableIPv6)
-		for _, f := range fams {
-			target := probeTarget(b.in.Config.BackendType, f)
-			rep := &ProbeReport{Target: ip.Text(target)}
-			if f.IPv6 {
-				pr.ProbeIPv6 = rep
-			} else {
-				pr.Probe = rep
-			}
-			probes = append(probes, probe{pr.Name, target, rep})
-		}
-	}
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, maxProbes)
-	for _, p := range probes {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			if err := b.in.Probe(p.target); err != nil {
-				p.report.Error = err.Error()
-				return
-			}
-			p.report.Reachable = true
-		}()
-	}
-	wg.Wait()
-	for _, p := range probes {
-		if !p.report.Reachable {
-			b.problem("peer %s: %s does not answer a ping", p.peer, p.report.Target)
-		}
-	}
-}
-
-// probeTarget is what answers for a peer in an address family: its
-// public IP of the family with host-gw, else its VTEP, the network address
-// of its subnet of the family.
-func probeTarget(backendType string, f backend.Family) netip.Addr {
-	if backendType == hostgw.Type {
-		return f.PublicIP
-	}
-	return f.Subnet.Masked().Addr()
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -72,19 +72,9 @@ func Collect(ctx context.Context, o daemon.Options, probe bool) (Inputs, func(),
 	}
 	apiCtx, cancel := context.WithTimeout(ctx, apiTimeout)
 	defer cancel()
-	var (
-		cfg     *subnet.Config
-		etcdSrc *etcd.Source
-		err     error
-	)
-	if o.KubeSubnetMgr {
-		cfg, err = subnet.ReadConfigFile(o.NetConfigPath)
-	} else {
-		if etcdSrc, err = etcd.New(o.EtcdConfig()); err != nil {
-			return Inputs{}, noop, err
-		}
+	cfg, etcdSrc, err := readConfig(apiCtx, o)
+	if etcdSrc != nil {
 		defer etcdSrc.Close()
-		cfg, err = etcdSrc.NetworkConfig(apiCtx)
 	}
 	if err != nil {
 		return Inputs{}, noop, err
@@ -162,6 +152,21 @@ func collectFirewall(o *daemon.Options, in *Inputs) error {
 	}
 	in.OtherMode, in.OtherModeErr = network.FindOtherModeRules(cfg.EnableNFTables)
 	return nil
+}
+
+// readConfig reads the network configuration as the daemon does: from
+// net-conf.json, or from etcd (whose source is returned, to be closed).
+func readConfig(ctx context.Context, o daemon.Options) (*subnet.Config, *etcd.Source, error) {
+	if o.KubeSubnetMgr {
+		cfg, err := subnet.ReadConfigFile(o.NetConfigPath)
+		return cfg, nil, err
+	}
+	src, err := etcd.New(o.EtcdConfig())
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg, err := src.NetworkConfig(ctx)
+	return cfg, src, err
 }
 
 // collectKubeLeases reads this node's and its peers' leases from the Nodes.
