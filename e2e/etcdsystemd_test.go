@@ -183,7 +183,7 @@ func TestEtcdSystemdNotify(t *testing.T) {
 	}
 	if msg, err := readNotify(5 * time.Second); err == nil {
 		t.Fatalf("flanneld sent %q while etcd was down", msg)
-	} else if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+	} else if ne := net.Error(nil); !errors.As(err, &ne) || !ne.Timeout() {
 		t.Fatal(err)
 	}
 	if !p.Running() {

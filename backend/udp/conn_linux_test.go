@@ -1,6 +1,7 @@
 package udp
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 	"testing"
@@ -96,7 +97,7 @@ func TestReceiveCoalesced(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for len(got) < len(want) && time.Now().Before(deadline) {
 		n, err := rc.receive(r)
-		if err == unix.EAGAIN {
+		if errors.Is(err, unix.EAGAIN) {
 			time.Sleep(time.Millisecond)
 			continue
 		}

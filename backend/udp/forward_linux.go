@@ -374,7 +374,7 @@ func (l *ingressLoop) receive(ctx context.Context) error {
 			return nil
 		}
 		return err
-	case err == unix.EAGAIN:
+	case errors.Is(err, unix.EAGAIN):
 		return nil
 	case err != nil:
 		if l.f.errorLog.recv.ok() {

@@ -7,6 +7,7 @@ package scale
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -185,7 +186,7 @@ func (c *counter) dump(typ uint16, body []byte, fn func(typ uint16, payload []by
 	for {
 		n, _, err := unix.Recvfrom(c.fd, c.buf, 0)
 		if err != nil {
-			if err == unix.EINTR {
+			if errors.Is(err, unix.EINTR) {
 				continue
 			}
 			return err
