@@ -19,7 +19,7 @@ import (
 
 	"github.com/flanneld/flanneld/ip"
 	"github.com/flanneld/flanneld/network"
-	"github.com/flanneld/flanneld/pkg/kernel"
+	"github.com/flanneld/flanneld/network/kernel"
 	"github.com/flanneld/flanneld/subnet"
 )
 

@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/flanneld/flanneld/pkg/kernel"
+	"github.com/flanneld/flanneld/network/kernel"
 )
 
 // State is the forwarding state flanneld wants in the kernel.

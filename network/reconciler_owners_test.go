@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flanneld/flanneld/pkg/kernel"
+	"github.com/flanneld/flanneld/network/kernel"
 )
 
 // fdbTo is an FDB entry for mac(1) towards 192.168.100.<dst>.

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flanneld/flanneld/pkg/kernel"
+	"github.com/flanneld/flanneld/network/kernel"
 )
 
 const vxlanLink = 7

@@ -10,7 +10,7 @@ import (
 
 	"k8s.io/klog/v2"
 
-	"github.com/flanneld/flanneld/pkg/kernel"
+	"github.com/flanneld/flanneld/network/kernel"
 )
 
 // claim is an owner's wish for a key that another owner holds.

@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/flanneld/flanneld/network"
-	"github.com/flanneld/flanneld/pkg/kernel"
+	"github.com/flanneld/flanneld/network/kernel"
 	"github.com/flanneld/flanneld/subnet"
 )
 

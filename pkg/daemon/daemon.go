@@ -19,8 +19,8 @@ import (
 	"github.com/flanneld/flanneld/backend/vxlan"
 	"github.com/flanneld/flanneld/ip"
 	"github.com/flanneld/flanneld/network"
+	"github.com/flanneld/flanneld/network/kernel"
 	"github.com/flanneld/flanneld/pkg/health"
-	"github.com/flanneld/flanneld/pkg/kernel"
 	"github.com/flanneld/flanneld/pkg/metrics"
 	"github.com/flanneld/flanneld/subnet"
 )

@@ -15,8 +15,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/flanneld/flanneld/network"
+	"github.com/flanneld/flanneld/network/kernel"
 	"github.com/flanneld/flanneld/pkg/health"
-	"github.com/flanneld/flanneld/pkg/kernel"
 	"github.com/flanneld/flanneld/pkg/metrics"
 	"github.com/flanneld/flanneld/subnet"
 )

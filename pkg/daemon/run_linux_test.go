@@ -96,7 +96,7 @@ func TestRunOwnsItsGoroutines(t *testing.T) {
 	close(stopScraping)
 	t.Logf("%d scrapes of /metrics while stopping", <-scraped)
 	for _, g := range strings.Split(stacks, "\n\n") {
-		for _, pkg := range []string{"flanneld/pkg/health.", "flanneld/network.", "flanneld/pkg/kernel.", "flanneld/pkg/daemon.(*syncLoop)", "flanneld/pkg/daemon.readyReporter", "flanneld/backend/"} {
+		for _, pkg := range []string{"flanneld/pkg/health.", "flanneld/network.", "flanneld/pkg/daemon.(*syncLoop)", "flanneld/pkg/daemon.readyReporter", "flanneld/backend/"} {
 			if strings.Contains(g, pkg) {
 				t.Errorf("a goroutine of Run is still running after it returned:\n%s", g)
 				break

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/flanneld/flanneld/network"
+	"github.com/flanneld/flanneld/network/kernel"
 	"github.com/flanneld/flanneld/pkg/health"
-	"github.com/flanneld/flanneld/pkg/kernel"
 	"github.com/flanneld/flanneld/pkg/metrics"
 	"github.com/flanneld/flanneld/subnet"
 )
