@@ -219,35 +219,28 @@ func RemoveNFTTables(nft NFTables) ([]string, error) {
 	return nftTables(nft, false)
 }
 
-func nftTables(nft NFTables, dryRun bool) ([]string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), nftOpTimeout)
-	defer cancel()
-	var (
-		found []string
-		errs  []error
-	)
+func nftTables(nft NFTables, dryRun bool) (found []string, err error) {
 	tx := nft.NewTransaction()
-	for _, t := range nftOwnedTables {
-		have, err := nft.ListTable(ctx, t.Family, t.Name)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("listing table %s: %w", t, err))
-			continue
-		}
+	err = nftPass(nft, nftOwnedTables, func(t NFTTable, have *NFTTableState) {
 		if have == nil {
-			continue
+			return
 		}
 		found = append(found, "nftables table "+t.String())
 		// Adding first makes the deletion succeed even if someone else
 		// deleted the table meanwhile.
 		tx.Add(&knftables.Table{Family: t.Family, Name: t.Name})
 		tx.Delete(&knftables.Table{Family: t.Family, Name: t.Name})
-	}
-	if !dryRun && tx.NumOperations() > 0 {
-		if err := nft.Run(ctx, tx); err != nil {
-			return nil, errors.Join(append(errs, fmt.Errorf("deleting tables: %w", err))...)
+	}, func(ctx context.Context) error {
+		if dryRun || tx.NumOperations() == 0 {
+			return nil
 		}
-	}
-	return found, errors.Join(errs...)
+		if err := nft.Run(ctx, tx); err != nil {
+			found = nil
+			return fmt.Errorf("deleting tables: %w", err)
+		}
+		return nil
+	})
+	return found, err
 }
 
 // iptablesProtocol is the iptables protocol of an address family.

@@ -34,7 +34,8 @@ const (
 // nft form of iptables' `-m mark --mark 0x4000/0x4000`, as nft lists it.
 const nftKubeProxyMark = "meta mark & 0x00004000 == 0x00004000"
 
-// nftOpTimeout bounds one nft command (a listing or a transaction).
+// nftOpTimeout bounds one pass over the tables (nftPass): their listings
+// and the transaction that follows.
 const nftOpTimeout = 30 * time.Second
 
 // NFTTable is one nftables table flanneld owns, as data.
@@ -159,7 +160,7 @@ type NFTables interface {
 
 // NFTTableState is a table as the kernel has it.
 type NFTTableState struct {
-	// Chains are the table's chains in listing order.
+	// Chains are the table's chains by name.
 	Chains []NFTChainState
 	// Others are the table's other objects and attributes, e.g.
 	// "set blocked" or "flags dormant"; flanneld's tables have none.
@@ -246,87 +247,52 @@ func (f *NFTFirewall) Tables() []NFTTable { return slices.Clone(f.tables) }
 // returns what it repaired, e.g. "ip flannel-ipv4: table missing" or
 // "ip flannel-ipv4/postrtg: 1 rule missing"; errors are joined.
 func (f *NFTFirewall) Ensure() (repairs []string, err error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), nftOpTimeout)
-	defer cancel()
-
-	var (
-		errs    []error
-		written []NFTTable
-	)
+	var written []NFTTable
 	tx := f.nft.NewTransaction()
-	for _, t := range f.tables {
-		have, err := f.nft.ListTable(ctx, t.Family, t.Name)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("listing table %s: %w", t, err))
-			continue
-		}
+	err = f.pass(func(t NFTTable, have *NFTTableState) {
 		problems, recreate := diffNFTTable(t, f.reference(t), have)
 		if len(problems) == 0 {
-			continue
+			return
 		}
 		repairs = append(repairs, problems...)
 		addNFTTable(tx, t, recreate)
 		written = append(written, t)
-	}
-	if len(written) == 0 {
-		return repairs, errors.Join(errs...)
-	}
-	if err := f.nft.Run(ctx, tx); err != nil {
-		names := make([]string, len(written))
-		for i, t := range written {
-			names[i] = t.String()
+	}, func(ctx context.Context) error {
+		if len(written) == 0 {
+			return nil
 		}
-		errs = append(errs, fmt.Errorf("writing tables %s: %w", strings.Join(names, ", "), err))
-		return nil, errors.Join(errs...)
-	}
-	for _, t := range written {
-		if err := f.verify(ctx, t); err != nil {
-			errs = append(errs, err)
+		if err := f.nft.Run(ctx, tx); err != nil {
+			repairs = nil
+			names := make([]string, len(written))
+			for i, t := range written {
+				names[i] = t.String()
+			}
+			return fmt.Errorf("writing tables %s: %w", strings.Join(names, ", "), err)
 		}
-	}
-	return repairs, errors.Join(errs...)
+		var errs []error
+		for _, t := range written {
+			errs = append(errs, f.verify(ctx, t))
+		}
+		return errors.Join(errs...)
+	})
+	return repairs, err
 }
 
 // Check compares the kernel with the tables without changing anything, and
 // describes each difference the way Ensure would report its repair.
 func (f *NFTFirewall) Check() (problems []string, err error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), nftOpTimeout)
-	defer cancel()
-	var errs []error
-	for _, t := range f.tables {
-		have, err := f.nft.ListTable(ctx, t.Family, t.Name)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("listing table %s: %w", t, err))
-			continue
-		}
+	err = f.pass(func(t NFTTable, have *NFTTableState) {
 		p, _ := diffNFTTable(t, f.reference(t), have)
 		problems = append(problems, p...)
-	}
-	return problems, errors.Join(errs...)
+	}, nil)
+	return problems, err
 }
 
 // Status says for each wanted rule whether its chain, with the right base
 // chain type, holds it; rules are named as `nft add rule` takes them:
 // "ip flannel-ipv4 forward ip saddr 10.244.0.0/16 accept comment ...".
-func (f *NFTFirewall) Status() ([]RuleStatus, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), nftOpTimeout)
-	defer cancel()
-	var (
-		out  []RuleStatus
-		errs []error
-	)
-	for _, t := range f.tables {
-		have, err := f.nft.ListTable(ctx, t.Family, t.Name)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("listing table %s: %w", t, err))
-			continue
-		}
+func (f *NFTFirewall) Status() (out []RuleStatus, err error) {
+	err = f.pass(func(t NFTTable, have *NFTTableState) {
 		ref := f.reference(t)
 		for _, c := range t.Chains {
 			want := ref.chain(c.Name)
@@ -339,8 +305,40 @@ func (f *NFTFirewall) Status() ([]RuleStatus, error) {
 				out = append(out, RuleStatus{Rule: fmt.Sprintf("%s %s %s", t, c.Name, r), Present: present})
 			}
 		}
+	}, nil)
+	return out, err
+}
+
+// pass is one pass of Ensure, Check or Status over f's tables, holding
+// f.mu (nftPass).
+func (f *NFTFirewall) pass(visit func(t NFTTable, have *NFTTableState), then func(ctx context.Context) error) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return nftPass(f.nft, f.tables, visit, then)
+}
+
+// nftPass is the one way flanneld reads its tables: within one deadline
+// (nftOpTimeout), it lists each of tables and hands it to visit (have is
+// nil when the table does not exist), then, if then is set, calls then
+// with the same deadline (to write what visit found). A table that cannot
+// be listed is skipped; the errors, each naming its table, and then's
+// error are joined.
+func nftPass(nft NFTables, tables []NFTTable, visit func(t NFTTable, have *NFTTableState), then func(ctx context.Context) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), nftOpTimeout)
+	defer cancel()
+	var errs []error
+	for _, t := range tables {
+		have, err := nft.ListTable(ctx, t.Family, t.Name)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("listing table %s: %w", t, err))
+			continue
+		}
+		visit(t, have)
 	}
-	return out, errors.Join(errs...)
+	if then != nil {
+		errs = append(errs, then(ctx))
+	}
+	return errors.Join(errs...)
 }
 
 // Run calls Ensure at once and then every interval until ctx is done,

@@ -2,8 +2,6 @@ package network
 
 import (
 	"context"
-	"maps"
-	"slices"
 	"strings"
 
 	"sigs.k8s.io/knftables"
@@ -23,53 +21,46 @@ func NewFakeNFTables() *FakeNFTables {
 	return &FakeNFTables{Fake: knftables.NewFake("", "")}
 }
 
-// ListTable lists the fake's table like nft would: chains by name, each
-// base chain's line, rules with their comments.
-func (f *FakeNFTables) ListTable(_ context.Context, family knftables.Family, name string) (*NFTTableState, error) {
+// ListTable lists the fake's table as the real NFTables does
+// (listNFTTable), through a knftables Fake for that one table, which sees
+// the fake's table; what nft would print (nftListing) comes from the
+// fake's chains: each base chain's line, each rule with its comment.
+func (f *FakeNFTables) ListTable(ctx context.Context, family knftables.Family, name string) (*NFTTableState, error) {
 	f.RLock()
 	defer f.RUnlock()
-	t := f.Tables[family][name]
-	if t == nil {
-		return nil, nil
-	}
-	s := &NFTTableState{}
+	view := knftables.NewFake(family, name)
+	view.Table = f.Tables[family][name]
+	return listNFTTable(ctx, view, func(context.Context) (*nftListing, error) {
+		return fakeListing(view.Table), nil
+	})
+}
+
+// fakeListing is what nft would print of t (nftListing).
+func fakeListing(t *knftables.FakeTable) *nftListing {
+	l := &nftListing{chains: map[string]string{}, rules: map[int]string{}}
 	for _, flag := range t.Flags {
-		s.Others = append(s.Others, "flags "+string(flag))
+		l.flags = append(l.flags, "flags "+string(flag))
 	}
-	for _, kind := range []struct {
-		name  string
-		names []string
-	}{
-		{"flowtable", slices.Sorted(maps.Keys(t.Flowtables))},
-		{"set", slices.Sorted(maps.Keys(t.Sets))},
-		{"map", slices.Sorted(maps.Keys(t.Maps))},
-		{"counter", slices.Sorted(maps.Keys(t.Counters))},
-	} {
-		for _, n := range kind.names {
-			s.Others = append(s.Others, kind.name+" "+n)
-		}
-	}
-	for _, n := range slices.Sorted(maps.Keys(t.Chains)) {
-		c := t.Chains[n]
-		cs := NFTChainState{Name: n}
+	for name, c := range t.Chains {
 		if c.Hook != nil {
 			policy := knftables.AcceptPolicy
 			if c.Policy != nil {
 				policy = *c.Policy
 			}
-			cs.Spec = NFTChain{Type: deref(c.Type), Hook: *c.Hook, Priority: deref(c.Priority)}.Spec()
-			cs.Spec = strings.Replace(cs.Spec, "policy accept;", "policy "+string(policy)+";", 1)
+			spec := NFTChain{Type: deref(c.Type), Hook: *c.Hook, Priority: deref(c.Priority)}.Spec()
+			l.chains[name] = strings.Replace(spec, "policy accept;", "policy "+string(policy)+";", 1)
+		} else {
+			l.chains[name] = ""
 		}
 		for _, r := range c.Rules {
 			text := r.Rule
 			if r.Comment != nil {
 				text += " comment " + quoteNFT(*r.Comment)
 			}
-			cs.Rules = append(cs.Rules, text)
+			l.rules[deref(r.Handle)] = text
 		}
-		s.Chains = append(s.Chains, cs)
 	}
-	return s, nil
+	return l
 }
 
 // deref returns *p, or the zero value for nil.

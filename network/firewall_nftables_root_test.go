@@ -149,6 +149,18 @@ func TestNFTRootRules(t *testing.T) {
 		{"chain replaced by another type", func() []string {
 			return []string{"sh", "-c", "nft delete chain ip flannel-ipv4 forward && nft 'add chain ip flannel-ipv4 forward { type filter hook forward priority 10; }'"}
 		}, []string{`ip flannel-ipv4/forward: chain is "type filter hook forward priority filter + 10; policy accept;", want "type filter hook forward priority filter; policy accept;"`}},
+		{"chain policy changed", func() []string {
+			return []string{"nft", "add chain ip flannel-ipv4 forward { type filter hook forward priority filter; policy drop; }"}
+		}, []string{`ip flannel-ipv4/forward: chain is "type filter hook forward priority filter; policy drop;", want "type filter hook forward priority filter; policy accept;"`}},
+		{"chain hook changed", func() []string {
+			return []string{"sh", "-c", "nft delete chain ip flannel-ipv4 postrtg && nft 'add chain ip flannel-ipv4 postrtg { type nat hook output priority 100; }'"}
+		}, []string{`ip flannel-ipv4/postrtg: chain is "type nat hook output priority 100; policy accept;", want "type nat hook postrouting priority srcnat; policy accept;"`}},
+		{"set added", func() []string {
+			return []string{"nft", "add set ip flannel-ipv4 blocked { type ipv4_addr; flags interval; }"}
+		}, []string{"ip flannel-ipv4: unexpected set blocked"}},
+		{"table dormant", func() []string {
+			return []string{"nft", "add table ip flannel-ipv4 { flags dormant; }"}
+		}, []string{"ip flannel-ipv4: unexpected flags dormant"}},
 	} {
 		fwRun(t, append([]string{"ip", "netns", "exec", name}, c.damage()...)...)
 		problems, err := fw.Check()

@@ -158,16 +158,21 @@ func TestNFTTransactionGolden(t *testing.T) {
 	nftAssertQuiet(t, nft, fw)
 }
 
-func TestNFTEnsureRepairs(t *testing.T) {
+// nftDamage is damage another agent does to the IPv4 table, and the repairs
+// it takes.
+type nftDamage struct {
+	name        string
+	damage      func(t *testing.T, nft *FakeNFTables, tx *knftables.Transaction)
+	wantRepairs []string
+}
+
+// nftDamages are the cases of TestNFTEnsureRepairs.
+func nftDamages() []nftDamage {
 	v4 := knftables.IPv4Family
 	rule := func(chain, text string) *knftables.Rule {
 		return &knftables.Rule{Family: v4, Table: NFTTableIPv4, Chain: chain, Rule: text}
 	}
-	tests := []struct {
-		name        string
-		damage      func(t *testing.T, nft *FakeNFTables, tx *knftables.Transaction)
-		wantRepairs []string
-	}{{
+	return []nftDamage{{
 		name: "rule deleted",
 		damage: func(t *testing.T, nft *FakeNFTables, tx *knftables.Transaction) {
 			tx.Delete(&knftables.Rule{Family: v4, Table: NFTTableIPv4, Chain: NFTMasqChain, Handle: nftRuleHandle(t, nft, NFTMasqChain, 2)})
@@ -233,8 +238,28 @@ func TestNFTEnsureRepairs(t *testing.T) {
 			tx.Add(&knftables.Chain{Family: v4, Table: NFTTableIPv4, Name: NFTMasqChain})
 		},
 		wantRepairs: []string{`ip flannel-ipv4/postrtg: chain is "", want "type nat hook postrouting priority srcnat; policy accept;"`},
+	}, {
+		name: "base chain policy changed",
+		damage: func(_ *testing.T, _ *FakeNFTables, tx *knftables.Transaction) {
+			tx.Delete(&knftables.Chain{Family: v4, Table: NFTTableIPv4, Name: NFTForwardChain})
+			tx.Add(&knftables.Chain{Family: v4, Table: NFTTableIPv4, Name: NFTForwardChain, Type: knftables.PtrTo(knftables.FilterType),
+				Hook: knftables.PtrTo(knftables.ForwardHook), Priority: knftables.PtrTo(knftables.FilterPriority), Policy: knftables.PtrTo(knftables.DropPolicy)})
+		},
+		wantRepairs: []string{`ip flannel-ipv4/forward: chain is "type filter hook forward priority filter; policy drop;", want "type filter hook forward priority filter; policy accept;"`},
+	}, {
+		name: "table dormant",
+		damage: func(_ *testing.T, nft *FakeNFTables, _ *knftables.Transaction) {
+			// The fake does not change an existing table's flags.
+			nft.Lock()
+			defer nft.Unlock()
+			nft.Tables[v4][NFTTableIPv4].Flags = []knftables.TableFlag{knftables.DormantFlag}
+		},
+		wantRepairs: []string{"ip flannel-ipv4: unexpected flags dormant"},
 	}}
-	for _, tt := range tests {
+}
+
+func TestNFTEnsureRepairs(t *testing.T) {
+	for _, tt := range nftDamages() {
 		t.Run(tt.name, func(t *testing.T) {
 			nft := NewFakeNFTables()
 			tables := []NFTTable{nftSet(fwReferenceConfig).NFTTable(), nftSet(fwReferenceIPv6Config).NFTTable()}
@@ -420,62 +445,4 @@ func TestNFTRun(t *testing.T) {
 	if len(restored) != 0 {
 		t.Errorf("OnRestore called for the installation or more than once: %q", <-restored)
 	}
-}
-
-func TestParseNFTListing(t *testing.T) {
-	listing := `table ip flannel-ipv4 { # handle 7
-	comment "rules { of } flanneld"
-	flags dormant
-	set blocked { # handle 3
-		type ipv4_addr
-		elements = { 192.0.2.1,
-			     192.0.2.2 }
-	}
-
-	chain postrtg { # handle 1
-		comment "flanneld masq"
-		type nat hook postrouting priority srcnat; policy accept;
-		meta mark & 0x00004000 == 0x00004000 return comment "flanneld masq" # handle 3
-		ip saddr { 10.0.0.1, 10.0.0.2 } return comment "a # handle 9 {" # handle 4
-	}
-
-	chain helper {
-		counter drop
-	}
-}
-`
-	got, err := parseNFTListing(listing)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := &NFTTableState{
-		Chains: []NFTChainState{
-			{Name: "postrtg", Spec: "type nat hook postrouting priority srcnat; policy accept;", Rules: []string{
-				`meta mark & 0x00004000 == 0x00004000 return comment "flanneld masq"`,
-				`ip saddr { 10.0.0.1, 10.0.0.2 } return comment "a # handle 9 {"`,
-			}},
-			{Name: "helper", Rules: []string{"counter drop"}},
-		},
-		Others: []string{"flags dormant", "set blocked"},
-	}
-	if !nftStatesEqual(got, want) {
-		t.Errorf("parsed\n%+v\nwant\n%+v", got, want)
-	}
-	for _, bad := range []string{"chain x {\n}\n", "table ip t {\n\tchain x {\n", "table ip t {\n}\n}\n"} {
-		if _, err := parseNFTListing(bad); err == nil {
-			t.Errorf("parseNFTListing(%q) succeeded, want an error", bad)
-		}
-	}
-	// The generated listing parses back into the generated state.
-	table := nftSet(fwReferenceIPv6Config).NFTTable()
-	got, err = parseNFTListing(RenderNFT(table))
-	if err != nil || !nftStatesEqual(got, table.state()) {
-		t.Errorf("round trip of the IPv6 table: %+v, %v", got, err)
-	}
-}
-
-func nftStatesEqual(a, b *NFTTableState) bool {
-	return slices.Equal(a.Others, b.Others) && slices.EqualFunc(a.Chains, b.Chains, func(x, y NFTChainState) bool {
-		return x.Name == y.Name && x.Spec == y.Spec && slices.Equal(x.Rules, y.Rules)
-	})
 }
