@@ -4,21 +4,22 @@ package network
 
 import (
 	"bufio"
-	"crypto/rand"
-	"encoding/hex"
 	"os"
 	"os/exec"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/coreos/go-iptables/iptables"
-	"github.com/vishvananda/netns"
+
+	"github.com/flanneld/flanneld/network/nstest"
 )
 
 // The tests in this file run the real iptables binaries inside a throwaway
-// network namespace. They need root and skip without it.
+// network namespace (fwNewNS): every call that touches the kernel runs in
+// it through fwIn (nstest's Do), commands through `ip netns exec`, and the
+// test goroutine itself never changes namespace. They need root and skip
+// without it.
 
 // fwRecordingIPTables wraps a real IPTables and records its mutating calls.
 type fwRecordingIPTables struct {
@@ -46,65 +47,41 @@ func (r *fwRecordingIPTables) DeleteById(table, chain string, id int) error {
 	return r.IPTables.DeleteById(table, chain, id)
 }
 
-// fwEnterThrowawayNetns creates a network namespace with a unique name and
-// moves the calling goroutine, locked to its OS thread, into it; processes
-// started from the goroutine (go-iptables execs iptables) inherit it. Cleanup
-// restores the thread's namespace and deletes the new one, also on failure.
-// The caller must not start subtests: they run on other goroutines.
-func fwEnterThrowawayNetns(t *testing.T) string {
+// fwNewNS creates a throwaway network namespace (nstest.New, deleted when
+// the test ends) for running the real firewall binaries in. It skips
+// without root and when ip, iptables, ip6tables, their -save tools or any
+// of extra are not installed.
+func fwNewNS(t *testing.T, extra ...string) *nstest.NS {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates a network namespace and runs iptables in it")
 	}
-	for _, bin := range []string{"ip", "iptables", "iptables-save", "ip6tables", "ip6tables-save"} {
+	for _, bin := range append([]string{"ip", "iptables", "iptables-save", "ip6tables", "ip6tables-save"}, extra...) {
 		if _, err := exec.LookPath(bin); err != nil {
 			t.Skipf("%s not installed: %v", bin, err)
 		}
 	}
-	suffix := make([]byte, 6)
-	if _, err := rand.Read(suffix); err != nil {
-		t.Fatal(err)
-	}
-	name := "flanneld-fwtest-" + hex.EncodeToString(suffix)
-	fwRun(t, "ip", "netns", "add", name)
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("deleting netns %s: %v: %s", name, err, out)
-		}
-	})
+	ns := nstest.New(t)
 
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatalf("getting the current netns: %v", err)
-	}
-	target, err := netns.GetFromName(name)
-	if err != nil {
-		orig.Close()
-		runtime.UnlockOSThread()
-		t.Fatalf("opening netns %s: %v", name, err)
-	}
-	t.Cleanup(func() {
-		defer orig.Close()
-		defer target.Close()
-		if err := netns.Set(orig); err != nil {
-			// Leave the thread locked: it is discarded when the goroutine ends.
-			t.Errorf("restoring the original netns: %v", err)
-			return
-		}
-		runtime.UnlockOSThread()
-	})
-	if err := netns.Set(target); err != nil {
-		t.Fatalf("entering netns %s: %v", name, err)
-	}
-
-	// Processes exec'd from this goroutine must run in the new namespace.
-	out, err := exec.Command("ip", "netns", "identify").Output()
-	if err != nil || strings.TrimSpace(string(out)) != name {
+	// Processes exec'd inside Do must run in the new namespace.
+	out, err := fwIn(t, ns, func() ([]byte, error) { return exec.Command("ip", "netns", "identify").Output() })
+	if err != nil || strings.TrimSpace(string(out)) != ns.Name {
 		t.Fatalf("exec'd children do not inherit the thread's netns: ip netns identify = %q, %v", out, err)
 	}
-	return name
+	return ns
+}
+
+// fwIn runs fn inside ns (ns.Do, on a locked OS thread of its own) and
+// returns its results to the test goroutine, which asserts on them. Failing
+// to enter or leave the namespace fails the test.
+func fwIn[T any](t *testing.T, ns *nstest.NS, fn func() (T, error)) (T, error) {
+	t.Helper()
+	var v T
+	var fnErr error
+	if err := ns.Do(func() error { v, fnErr = fn(); return nil }); err != nil {
+		t.Fatalf("running in netns %s: %v", ns.Name, err)
+	}
+	return v, fnErr
 }
 
 // fwRun runs a command and fails the test if it fails.
@@ -118,7 +95,7 @@ func fwRun(t *testing.T, args ...string) string {
 }
 
 // fwSavedRules returns the rules of the namespace as "-t TABLE -A ..." lines,
-// read with `ip netns exec NAME <save>` independently of the test's thread.
+// read with `ip netns exec NAME <save>`.
 func fwSavedRules(t *testing.T, name, save string) string {
 	t.Helper()
 	out := fwRun(t, "ip", "netns", "exec", name, save)
@@ -155,12 +132,12 @@ func fwSortTables(text string) string {
 
 // fwEnsureQuietly checks that Ensure, on fw and on a new Firewall for the
 // same rules (a restarted daemon), changes nothing.
-func fwEnsureQuietly(t *testing.T, ipt IPTables, fw *Firewall, rules []Rule) {
+func fwEnsureQuietly(t *testing.T, ns *nstest.NS, ipt IPTables, fw *Firewall, rules []Rule) {
 	t.Helper()
 	for _, fw := range []*Firewall{fw, NewFirewall(ipt, rules)} {
 		rec := &fwRecordingIPTables{IPTables: ipt}
 		fw.ipt = rec
-		repairs, err := fw.Ensure()
+		repairs, err := fwIn(t, ns, fw.Ensure)
 		fw.ipt = ipt
 		if err != nil {
 			t.Fatalf("Ensure: %v", err)
@@ -183,9 +160,10 @@ func fwAssertGeneratedForm(t *testing.T, fw *Firewall) {
 }
 
 func TestFirewallRootIptables(t *testing.T) {
-	name := fwEnterThrowawayNetns(t)
+	ns := fwNewNS(t)
+	name := ns.Name
 
-	ipt, err := NewIPTables(iptables.ProtocolIPv4)
+	ipt, err := fwIn(t, ns, func() (IPTables, error) { return NewIPTables(iptables.ProtocolIPv4) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,25 +171,25 @@ func TestFirewallRootIptables(t *testing.T) {
 	fw := NewFirewall(ipt, rules)
 	golden := fwReadGolden(t, "firewall_ipv4.golden")
 
-	if _, err := fw.Ensure(); err != nil {
+	if _, err := fwIn(t, ns, fw.Ensure); err != nil {
 		t.Fatalf("first Ensure: %v", err)
 	}
 	fwDiffLines(t, fwSavedRules(t, name, "iptables-save"), golden)
 	fwAssertGeneratedForm(t, fw)
 	for _, c := range []struct{ table, chain string }{{"nat", MasqChain}, {"filter", ForwardChain}} {
-		lines, err := ipt.List(c.table, c.chain)
+		lines, err := fwIn(t, ns, func() ([]string, error) { return ipt.List(c.table, c.chain) })
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("iptables -t %s -S %s:\n%s", c.table, c.chain, strings.Join(lines, "\n"))
 	}
-	fwEnsureQuietly(t, ipt, fw, rules)
+	fwEnsureQuietly(t, ns, ipt, fw, rules)
 
 	// Another agent's rules in the built-in chains are left alone.
 	fwRun(t, "ip", "netns", "exec", name, "iptables", "-t", "nat", "-I", "POSTROUTING", "1", "-s", "192.0.2.0/24", "-j", "RETURN")
 	fwRun(t, "ip", "netns", "exec", name, "iptables", "-A", "FORWARD", "-d", "192.0.2.0/24", "-j", "ACCEPT")
 	withForeign := fwSavedRules(t, name, "iptables-save")
-	fwEnsureQuietly(t, ipt, fw, rules)
+	fwEnsureQuietly(t, ns, ipt, fw, rules)
 	fwDiffLines(t, fwSavedRules(t, name, "iptables-save"), withForeign)
 	fwRun(t, "ip", "netns", "exec", name, "iptables", "-t", "nat", "-D", "POSTROUTING", "1")
 	fwRun(t, "ip", "netns", "exec", name, "iptables", "-D", "FORWARD", "-d", "192.0.2.0/24", "-j", "ACCEPT")
@@ -222,7 +200,7 @@ func TestFirewallRootIptables(t *testing.T) {
 	fwRun(t, "ip", "netns", "exec", name, "iptables", "-D", "FORWARD",
 		"-m", "comment", "--comment", "flanneld forward", "-j", ForwardChain)
 	fwRun(t, "ip", "netns", "exec", name, "iptables", "-I", ForwardChain, "2", "-j", "DROP")
-	repairs, err := fw.Ensure()
+	repairs, err := fwIn(t, ns, fw.Ensure)
 	if err != nil {
 		t.Fatalf("Ensure after damage: %v", err)
 	}
@@ -235,22 +213,23 @@ func TestFirewallRootIptables(t *testing.T) {
 		t.Errorf("repairs = %q, want %q", repairs, want)
 	}
 	fwDiffLines(t, fwSavedRules(t, name, "iptables-save"), golden)
-	fwEnsureQuietly(t, ipt, fw, rules)
+	fwEnsureQuietly(t, ns, ipt, fw, rules)
 }
 
 func TestFirewallRootIp6tables(t *testing.T) {
-	name := fwEnterThrowawayNetns(t)
+	ns := fwNewNS(t)
+	name := ns.Name
 
-	ipt, err := NewIPTables(iptables.ProtocolIPv6)
+	ipt, err := fwIn(t, ns, func() (IPTables, error) { return NewIPTables(iptables.ProtocolIPv6) })
 	if err != nil {
 		t.Fatal(err)
 	}
 	rules := fwAllRules(fwReferenceIPv6Config)
 	fw := NewFirewall(ipt, rules)
-	if _, err := fw.Ensure(); err != nil {
+	if _, err := fwIn(t, ns, fw.Ensure); err != nil {
 		t.Fatalf("first Ensure: %v", err)
 	}
 	fwDiffLines(t, fwSavedRules(t, name, "ip6tables-save"), fwReadGolden(t, "firewall_ipv6.golden"))
 	fwAssertGeneratedForm(t, fw)
-	fwEnsureQuietly(t, ipt, fw, rules)
+	fwEnsureQuietly(t, ns, ipt, fw, rules)
 }
