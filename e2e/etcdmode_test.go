@@ -55,6 +55,20 @@ func newBareCluster(t *testing.T, opts lab.EtcdOptions, count int) (*lab.Lab, *l
 	return l, e, nodes
 }
 
+// startBareCluster is newBareCluster with flanneld started and ready on
+// every host.
+func startBareCluster(t *testing.T, opts lab.EtcdOptions, count int) (*lab.Lab, *lab.Etcd, []*lab.Node) {
+	t.Helper()
+	l, e, nodes := newBareCluster(t, opts, count)
+	for _, n := range nodes {
+		l.StartEtcdFlanneld(t, e, n, nil)
+	}
+	for _, n := range nodes {
+		n.WaitReady(t, readyTimeout)
+	}
+	return l, e, nodes
+}
+
 // subnetOf waits for n's subnet.env and returns its subnet (masked).
 func subnetOf(t testing.TB, n *lab.Node) netip.Prefix {
 	t.Helper()
@@ -159,13 +173,7 @@ func waitPeerStates(t *testing.T, hosts []bareHost, timeout time.Duration) {
 // program VXLAN as in Kubernetes mode, their pods ping, and a restarted
 // flanneld keeps its key, subnet and etcd lease.
 func TestEtcdModeCluster(t *testing.T) {
-	l, e, nodes := newBareCluster(t, lab.EtcdOptions{}, 3)
-	for _, n := range nodes {
-		l.StartEtcdFlanneld(t, e, n, nil)
-	}
-	for _, n := range nodes {
-		n.WaitReady(t, readyTimeout)
-	}
+	l, e, nodes := startBareCluster(t, lab.EtcdOptions{}, 3)
 	hosts := describeHosts(t, nodes)
 
 	t.Run("distinct subnets and subnet.env", func(t *testing.T) {

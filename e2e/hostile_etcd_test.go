@@ -106,13 +106,7 @@ func hostileKeys(hosts []bareHost) []hostileKey {
 // host. Each is skipped with its rule, leaves no trace, and the hosts keep
 // working.
 func TestHostilePeersEtcd(t *testing.T) {
-	l, e, nodes := newBareCluster(t, lab.EtcdOptions{}, 2)
-	for _, n := range nodes {
-		l.StartEtcdFlanneld(t, e, n, nil)
-	}
-	for _, n := range nodes {
-		n.WaitReady(t, readyTimeout)
-	}
+	l, e, nodes := startBareCluster(t, lab.EtcdOptions{}, 2)
 	hosts := describeHosts(t, nodes)
 	index := map[*lab.Node]int{}
 	for i, h := range hosts {
