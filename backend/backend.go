@@ -66,6 +66,15 @@ type Forwarder interface {
 	Dropped() map[string]uint64
 }
 
+// MTUFollower is implemented by a backend whose MTU follows the external
+// interface's: when the underlay's MTU changes, the daemon calls
+// SetUnderlayMTU from the sync loop, then Setup, which gives the devices
+// their new MTU. An explicit MTU in the backend's options is kept. An
+// error (the new MTU leaves too little for pods) leaves the MTU as it was.
+type MTUFollower interface {
+	SetUnderlayMTU(mtu int) error
+}
+
 // Params is what every backend is built from.
 type Params struct {
 	// Config is the validated network configuration; Config.Backend holds

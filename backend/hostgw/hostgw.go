@@ -21,13 +21,17 @@ type Backend struct {
 	ext        *ip.ExternalInterface
 	reach      ip.Reachability
 	ipv4, ipv6 bool
+	mtu        int // the external interface's
 }
 
-var _ backend.Backend = (*Backend)(nil)
+var (
+	_ backend.Backend     = (*Backend)(nil)
+	_ backend.MTUFollower = (*Backend)(nil)
+)
 
 // New returns the backend; host-gw has no options.
 func New(p backend.Params) (backend.Backend, error) {
-	b := &Backend{ext: p.ExtIface, reach: p.Reach, ipv4: p.Config.EnableIPv4, ipv6: p.Config.EnableIPv6}
+	b := &Backend{ext: p.ExtIface, reach: p.Reach, ipv4: p.Config.EnableIPv4, ipv6: p.Config.EnableIPv6, mtu: p.ExtIface.MTU}
 	if b.ipv4 && !p.ExtIface.IfaceAddr.IsValid() {
 		return nil, fmt.Errorf("host-gw: interface %s has no IPv4 address", p.ExtIface.Name)
 	}
@@ -60,7 +64,13 @@ func (b *Backend) Attach() error { return nil }
 func (b *Backend) Configure(context.Context, subnet.Lease) error { return nil }
 
 // MTU implements backend.Backend: no encapsulation, the external MTU.
-func (b *Backend) MTU() int { return b.ext.MTU }
+func (b *Backend) MTU() int { return b.mtu }
+
+// SetUnderlayMTU implements backend.MTUFollower.
+func (b *Backend) SetUnderlayMTU(ext int) error {
+	b.mtu = ext
+	return nil
+}
 
 // Base implements backend.Backend: host-gw owns no device.
 func (b *Backend) Base() network.State { return network.State{} }

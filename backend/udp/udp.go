@@ -105,6 +105,17 @@ func New(p backend.Params) (backend.Backend, error) {
 // MTU implements backend.Backend.
 func (b *Backend) MTU() int { return b.mtu }
 
+// SetUnderlayMTU implements backend.MTUFollower: the next Setup gives
+// flannel0 the MTU for the external interface's new MTU.
+func (b *Backend) SetUnderlayMTU(ext int) error {
+	mtu := ext - overheadIPv4
+	if mtu < minMTU {
+		return fmt.Errorf("udp: MTU %d leaves only %d bytes for pods", ext, mtu)
+	}
+	b.mtu = mtu
+	return nil
+}
+
 // Base implements backend.Backend: flanneld owns flannel0 and the route of
 // the whole Network through it; which peer a packet goes to is the
 // forwarder's business, so there is nothing per peer in the kernel.

@@ -42,7 +42,10 @@ type vtep struct {
 	mac       kernel.MAC
 }
 
-var _ backend.Backend = (*Backend)(nil)
+var (
+	_ backend.Backend     = (*Backend)(nil)
+	_ backend.MTUFollower = (*Backend)(nil)
+)
 
 // New validates the options; it does not touch the kernel.
 func New(p backend.Params) (backend.Backend, error) {
@@ -53,11 +56,8 @@ func New(p backend.Params) (backend.Backend, error) {
 	if opts.DirectRouting && p.Reach == nil {
 		return nil, errors.New("vxlan: DirectRouting needs a reachability check")
 	}
-	underlayMTU := p.ExtIface.MTU
-	if opts.MTU > 0 {
-		underlayMTU = opts.MTU
-	}
 	b := &Backend{opts: opts, ext: p.ExtIface, h: p.Handle, reach: p.Reach}
+	underlayMTU := b.underlayMTU(p.ExtIface.MTU)
 	newVTEP := func(ipv6 bool, name string, local, public netip.Addr, overhead int) (*vtep, error) {
 		family := "IPv4"
 		if ipv6 {
@@ -66,9 +66,9 @@ func New(p backend.Params) (backend.Backend, error) {
 		if !local.IsValid() {
 			return nil, fmt.Errorf("vxlan: interface %s has no %s address to use as the VTEP's local address", p.ExtIface.Name, family)
 		}
-		mtu := underlayMTU - overhead
-		if mtu < 576 {
-			return nil, fmt.Errorf("vxlan: MTU %d of interface %s leaves only %d bytes for pods after %d bytes of VXLAN over %s", underlayMTU, p.ExtIface.Name, mtu, overhead, family)
+		mtu, err := vtepMTU(underlayMTU, ipv6)
+		if err != nil {
+			return nil, fmt.Errorf("vxlan: interface %s: %w", p.ExtIface.Name, err)
 		}
 		return &vtep{ipv6: ipv6, name: name, mtu: mtu, local: local, public: public}, nil
 	}
@@ -86,6 +86,45 @@ func New(p backend.Params) (backend.Backend, error) {
 		return nil, errors.New("vxlan: neither IPv4 nor IPv6 is enabled")
 	}
 	return b, nil
+}
+
+// underlayMTU is the MTU the devices are sized for: the MTU option if
+// given, else the external interface's, ext.
+func (b *Backend) underlayMTU(ext int) int {
+	if b.opts.MTU > 0 {
+		return b.opts.MTU
+	}
+	return ext
+}
+
+// vtepMTU is the MTU of a device of the family over an underlay MTU.
+func vtepMTU(underlay int, ipv6 bool) (int, error) {
+	overhead, family := overheadIPv4, "IPv4"
+	if ipv6 {
+		overhead, family = overheadIPv6, "IPv6"
+	}
+	if mtu := underlay - overhead; mtu >= 576 {
+		return mtu, nil
+	}
+	return 0, fmt.Errorf("MTU %d leaves only %d bytes for pods after %d bytes of VXLAN over %s", underlay, underlay-overhead, overhead, family)
+}
+
+// SetUnderlayMTU implements backend.MTUFollower: the next Setup gives the
+// devices MTUs for the external interface's new MTU (unless the MTU option
+// fixes it).
+func (b *Backend) SetUnderlayMTU(ext int) error {
+	mtus := map[*vtep]int{}
+	for _, v := range b.vteps() {
+		mtu, err := vtepMTU(b.underlayMTU(ext), v.ipv6)
+		if err != nil {
+			return fmt.Errorf("vxlan: %w", err)
+		}
+		mtus[v] = mtu
+	}
+	for v, mtu := range mtus {
+		v.mtu = mtu
+	}
+	return nil
 }
 
 // vteps returns the devices in use, IPv4 first.

@@ -41,6 +41,7 @@ type LinkEvent struct {
 	Name    string
 	Up      bool
 	Deleted bool
+	MTU     int
 }
 
 // socketBuffer is the receive buffer of the notification sockets: large
@@ -155,7 +156,7 @@ func subscribeOnce(ctx context.Context, ns *netns.NsHandle, fn func(Event)) {
 			if !ok {
 				return
 			}
-			fn(Event{Link: &LinkEvent{Index: u.Attrs().Index, Name: u.Attrs().Name,
+			fn(Event{Link: &LinkEvent{Index: u.Attrs().Index, Name: u.Attrs().Name, MTU: u.Attrs().MTU,
 				Up: u.Attrs().Flags&net.FlagUp != 0, Deleted: u.Header.Type == unix.RTM_DELLINK}})
 		}
 	}

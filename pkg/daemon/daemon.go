@@ -104,6 +104,9 @@ func run(ctx context.Context, o Options) error {
 	loop := newSyncLoop(be, network.NewReconciler(kernel.NewNetlink(h)), peers,
 		subnet.PeerRules{Config: src.config, Own: lease}, o.Resync, status, m)
 	loop.localAddrs = func() ([]netip.Prefix, error) { return ip.LinkPrefixes(h, ext.Index) }
+	loop.extMTU.Store(int64(ext.MTU))
+	loop.underlayMTU = ext.MTU
+	loop.onMTU = func(mtu int) { mtuChanged(o, src, lease, mtu) }
 	loop.refreshRules()
 	loop.event = src.event
 	loop.onReady = readyReporter(gctx, g, src, lease, peers)
@@ -196,6 +199,19 @@ func prepareNode(ctx context.Context, g *errgroup.Group, h *netlink.Handle, o Op
 	}
 	klog.InfoS("Wrote subnet file", validKV("path", o.SubnetFile, "subnet", env.Subnet, "subnetIPv6", env.IPv6Subnet, "mtu", env.MTU)...)
 	return nil
+}
+
+// mtuChanged rewrites subnet.env when the MTU pods must use changed (the
+// external interface's MTU did), and says so: pods created from now on get
+// it; existing pods keep theirs until they are recreated.
+func mtuChanged(o Options, src *leaseSource, lease subnet.Lease, mtu int) {
+	env := subnet.NewEnv(src.config, &lease, mtu, o.IPMasq)
+	if err := subnet.WriteEnvFile(o.SubnetFile, env); err != nil {
+		klog.ErrorS(err, "Could not write the new MTU to the subnet file", "path", o.SubnetFile, "mtu", mtu)
+		return
+	}
+	klog.InfoS("The pods' MTU changed; new pods get it, existing pods keep theirs until recreated", "mtu", mtu, "path", o.SubnetFile)
+	src.event(false, "MTUChanged", fmt.Sprintf("the pods' MTU is now %d (FLANNEL_MTU in %s); existing pods keep theirs until recreated", mtu, o.SubnetFile))
 }
 
 // readyReporter returns the sync loop's onReady: it logs, tells systemd,

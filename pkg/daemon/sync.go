@@ -50,6 +50,12 @@ type syncLoop struct {
 	// localAddrs returns the addresses (with their prefixes) of the
 	// external interface, for the peer rules; nil leaves them as given.
 	localAddrs func() ([]netip.Prefix, error)
+	// extMTU is the external interface's MTU as last notified (written by
+	// the kernel watch); underlayMTU the one the backend was last sized
+	// for. onMTU is called when the MTU pods must use changed.
+	extMTU      atomic.Int64
+	underlayMTU int
+	onMTU       func(mtu int)
 
 	// drift is signalled (coalesced) when the kernel reports that
 	// something flanneld owns changed; fullWanted when that needs a full
@@ -72,6 +78,7 @@ func newSyncLoop(be backend.Backend, rec *network.Reconciler, peers *subnet.Peer
 		status:    status,
 		metrics:   m,
 		onReady:   func() {},
+		onMTU:     func(int) {},
 		event:     func(bool, string, string) {},
 		drift:     make(chan struct{}, 1),
 		owned:     be.Base().OwnedLinks,
@@ -279,6 +286,9 @@ func (l *syncLoop) watchKernel(ctx context.Context, extIndex int) {
 				l.kickFull()
 			}
 			if ev.Link.Index == extIndex {
+				if ev.Link.MTU > 0 && int64(ev.Link.MTU) != l.extMTU.Swap(int64(ev.Link.MTU)) {
+					l.kickFull() // the overlay MTU follows
+				}
 				if ev.Link.Up && !extUp {
 					klog.InfoS("External interface is up again; resyncing", "interface", ev.Link.Name)
 					l.peers.MarkAllDirty() // reachability may have changed
@@ -303,6 +313,8 @@ func (l *syncLoop) watchKernel(ctx context.Context, extIndex int) {
 // ensureDevice makes sure the backend's device exists and carries the
 // node's lease; when it had to be recreated, every peer is reprogrammed.
 func (l *syncLoop) ensureDevice(ctx context.Context) error {
+	podMTU := l.backend.MTU()
+	l.followUnderlayMTU()
 	before := l.backend.Base().OwnedLinks
 	attrs, err := l.backend.Setup(ctx, &l.own.Attrs)
 	if err != nil {
@@ -313,6 +325,9 @@ func (l *syncLoop) ensureDevice(ctx context.Context) error {
 	}
 	if err := l.backend.Configure(ctx, l.own); err != nil {
 		return err
+	}
+	if mtu := l.backend.MTU(); mtu != podMTU {
+		l.onMTU(mtu)
 	}
 	after := l.backend.Base().OwnedLinks
 	if !slices.Equal(before, after) {
@@ -325,6 +340,23 @@ func (l *syncLoop) ensureDevice(ctx context.Context) error {
 		l.peers.MarkAllDirty()
 	}
 	return nil
+}
+
+// followUnderlayMTU resizes the backend for the external interface's MTU
+// when the kernel reported a new one (the backend's Setup then gives its
+// devices their new MTU).
+func (l *syncLoop) followUnderlayMTU() {
+	ext := int(l.extMTU.Load())
+	f, ok := l.backend.(backend.MTUFollower)
+	if !ok || ext == 0 || ext == l.underlayMTU {
+		return
+	}
+	klog.InfoS("The external interface's MTU changed", "mtu", ext, "was", l.underlayMTU)
+	if err := f.SetUnderlayMTU(ext); err != nil {
+		klog.ErrorS(err, "Keeping the overlay MTU", "mtu", l.backend.MTU())
+		l.event(true, "MTUTooSmall", truncate(err.Error(), maxEventBytes))
+	}
+	l.underlayMTU = ext
 }
 
 // drain folds the changed peers into the desired state, and reports
