@@ -109,6 +109,8 @@ func newFlagSet(name string, o *daemon.Options, stderr io.Writer) (*pflag.FlagSe
 	fs.BoolVar(&o.IPMasq, "ip-masq", o.IPMasq, "masquerade traffic leaving the cluster network")
 	fs.BoolVar(&o.IPMasqFullyRandomDisable, "ip-masq-fully-random-disable", o.IPMasqFullyRandomDisable, "do not use --random-fully in the masquerade rules")
 	fs.IntVar(&o.IPTablesResync, "iptables-resync", o.IPTablesResync, "seconds between checks of the firewall rules")
+	fs.DurationVar(&o.PeerProbeInterval, "peer-probe-interval", o.PeerProbeInterval, "probe each peer through the overlay this often (0: never); flanneld extension")
+	fs.Float64Var(&o.PeerProbeMaxRate, "peer-probe-max-rate", o.PeerProbeMaxRate, "at most this many peer probes a second in total; flanneld extension")
 	fs.BoolVar(&o.IPTablesForwardRules, "iptables-forward-rules", o.IPTablesForwardRules, "add FORWARD accept rules for the cluster network")
 	fs.BoolVar(&o.IPBlackholeRoute, "ip-blackhole-route", o.IPBlackholeRoute, "add a blackhole route for this node's subnet")
 	fs.StringVar(&o.HealthzIP, "healthz-ip", o.HealthzIP, "address of the /healthz and /readyz listener")

@@ -50,6 +50,8 @@ type admission struct {
 
 	// report is called when a peer is skipped for a new reason.
 	report func(name string, reason subnet.SkipReason, err error)
+	// probes, if set, learns the programmed peers' probe targets.
+	probes *prober
 }
 
 // peerEntry is a programmed peer: its lease and its desired state.
@@ -233,6 +235,9 @@ func (a *admission) set(lease subnet.Lease, st network.State) {
 	if t, ok := a.backend.(backend.PeerTracker); ok {
 		t.SetPeer(name, &lease)
 	}
+	if a.probes != nil {
+		a.probes.setTarget(name, probeTarget(a.rules.Config.BackendType, lease))
+	}
 }
 
 // drop forgets a peer's desired state.
@@ -243,6 +248,9 @@ func (a *admission) drop(name string) {
 		delete(a.states, name)
 		if t, ok := a.backend.(backend.PeerTracker); ok {
 			t.SetPeer(name, nil)
+		}
+		if a.probes != nil {
+			a.probes.setTarget(name, netip.Addr{})
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -113,6 +114,11 @@ func run(ctx context.Context, o Options) error {
 	if err := m.Register(metrics.NewLinkStats(h, loop.ownedLinks)); err != nil {
 		return stop(err)
 	}
+	if o.PeerProbeInterval > 0 {
+		loop.probes = newProber(ip.NewICMPPinger(), o.PeerProbeInterval, o.PeerProbeMaxRate, m)
+		loop.probes.event, loop.probes.stateFile = src.event, ProbeStatePath(o.SubnetFile)
+		g.Go(func() error { loop.probes.run(gctx); return nil })
+	}
 	g.Go(func() error { loop.watchKernel(gctx, ext.Index); return nil })
 	g.Go(func() error { loop.run(gctx); return nil })
 	err = g.Wait()
@@ -199,6 +205,12 @@ func prepareNode(ctx context.Context, g *errgroup.Group, h *netlink.Handle, o Op
 	}
 	klog.InfoS("Wrote subnet file", validKV("path", o.SubnetFile, "subnet", env.Subnet, "subnetIPv6", env.IPv6Subnet, "mtu", env.MTU)...)
 	return nil
+}
+
+// ProbeStatePath is where the daemon keeps the peers that do not answer
+// its probes (for `flanneld diagnose`): next to subnet.env.
+func ProbeStatePath(subnetFile string) string {
+	return filepath.Join(filepath.Dir(subnetFile), "peer-probes.json")
 }
 
 // mtuChanged rewrites subnet.env when the MTU pods must use changed (the

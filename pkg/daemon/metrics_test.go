@@ -50,7 +50,8 @@ func value(t *testing.T, c prometheus.Collector) float64 {
 	return out[0]
 }
 
-// histogramCount is the number of observations of a histogram series.
+// histogramCount is the number of observations of a histogram series (of
+// the kind label, or the unlabelled series when kind is "").
 func histogramCount(t *testing.T, m *metrics.Metrics, name, kind string) uint64 {
 	t.Helper()
 	families, err := m.Registry.Gather()
@@ -62,6 +63,9 @@ func histogramCount(t *testing.T, m *metrics.Metrics, name, kind string) uint64 
 			continue
 		}
 		for _, s := range f.GetMetric() {
+			if kind == "" && len(s.GetLabel()) == 0 {
+				return s.GetHistogram().GetSampleCount()
+			}
 			for _, l := range s.GetLabel() {
 				if l.GetName() == "kind" && l.GetValue() == kind {
 					return s.GetHistogram().GetSampleCount()

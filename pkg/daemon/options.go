@@ -51,6 +51,12 @@ type Options struct {
 	HealthzPort               int
 	SetNodeNetworkUnavailable bool
 
+	// PeerProbeInterval is how often each peer is probed through the
+	// overlay (0: never); PeerProbeMaxRate bounds the probes a second in
+	// total, so a large cluster probes each peer less often.
+	PeerProbeInterval time.Duration
+	PeerProbeMaxRate  float64
+
 	// Resync is the period of the full reconcile pass that repairs drift.
 	Resync time.Duration
 	// Version is reported in the User-Agent.
@@ -71,6 +77,8 @@ func DefaultOptions() Options {
 		HealthzIP:                 "0.0.0.0",
 		SetNodeNetworkUnavailable: true,
 		Resync:                    30 * time.Second,
+		PeerProbeInterval:         time.Minute,
+		PeerProbeMaxRate:          5,
 		Version:                   "dev",
 	}
 }
@@ -116,6 +124,12 @@ func (o *Options) Validate() error {
 	}
 	if o.Resync <= 0 {
 		bad("the resync period must be positive")
+	}
+	if o.PeerProbeInterval < 0 {
+		bad("--peer-probe-interval must not be negative, got %s", o.PeerProbeInterval)
+	}
+	if o.PeerProbeMaxRate <= 0 || o.PeerProbeMaxRate > 1000 {
+		bad("--peer-probe-max-rate must be above 0 and at most 1000 probes a second, got %g", o.PeerProbeMaxRate)
 	}
 	return errors.Join(errs...)
 }

@@ -36,6 +36,12 @@ type Metrics struct {
 	// EntriesFailing is how many are failing now (retried with backoff).
 	EntryFailures  *prometheus.CounterVec
 	EntriesFailing prometheus.Gauge
+	// PeersProbed counts the peers probed through the overlay so far;
+	// PeersUnreachable those that do not answer; ProbeRTT the round trips
+	// of the answers, over all peers.
+	PeersProbed      prometheus.Gauge
+	PeersUnreachable prometheus.Gauge
+	ProbeRTT         prometheus.Histogram
 
 	// SyncPasses and SyncDuration are labelled by kind: "full" or
 	// "incremental"; SyncErrors counts failed passes.
@@ -79,6 +85,13 @@ func New(version string) *Metrics {
 			Help: "Kernel entries that could not be applied (then retried with backoff), by kind and reason (refused, conflict)."}, []string{"kind", "reason"}),
 		EntriesFailing: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "entries_failing",
 			Help: "Kernel entries failing now, retried with backoff."}),
+		PeersProbed: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "peers_probed",
+			Help: "Peers probed through the overlay (--peer-probe-interval)."}),
+		PeersUnreachable: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "peers_unreachable",
+			Help: "Peers that did not answer three probes in a row through the overlay."}),
+		ProbeRTT: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Name: "peer_probe_rtt_seconds",
+			Help:    "Round-trip times of the probes of peers through the overlay, over all peers.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 8)}),
 		SyncPasses: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "sync_passes_total",
 			Help: "Reconcile passes, by kind (full or incremental)."}, []string{"kind"}),
 		SyncDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: "sync_duration_seconds",
@@ -104,6 +117,7 @@ func New(version string) *Metrics {
 		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()}})
 	buildInfo.Set(1)
 	m.Registry.MustRegister(buildInfo, m.PeersKnown, m.PeersProgrammed, m.PeersSkipped, m.PeersRejected, m.EntryFailures, m.EntriesFailing,
+		m.PeersProbed, m.PeersUnreachable, m.ProbeRTT,
 		m.SyncPasses, m.SyncDuration, m.SyncErrors, m.LastSync, m.DriftRepairs,
 		m.Lease, m.LeaseExpiry, m.WatchEvents, m.LastWatchSync,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
