@@ -36,6 +36,8 @@ func referenceDefaults() daemon.Options {
 		HealthzPort:               0,
 		SetNodeNetworkUnavailable: true,
 		Resync:                    30 * time.Second,
+		PeerProbeInterval:         time.Minute,
+		PeerProbeMaxRate:          5,
 		Version:                   version,
 	}
 }

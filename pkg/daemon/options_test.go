@@ -34,6 +34,11 @@ func TestOptionsValidate(t *testing.T) {
 		{"iptables resync negative", func(o *Options) { o.IPTablesResync = -1 }, []string{"--iptables-resync"}},
 		{"iptables resync 1", func(o *Options) { o.IPTablesResync = 1 }, nil},
 
+		{"peer probes off", func(o *Options) { o.PeerProbeInterval = 0 }, nil},
+		{"peer probe interval negative", func(o *Options) { o.PeerProbeInterval = -time.Second }, []string{"--peer-probe-interval", "-1s"}},
+		{"peer probe rate 0", func(o *Options) { o.PeerProbeMaxRate = 0 }, []string{"--peer-probe-max-rate", "got 0"}},
+		{"peer probe rate 1000.5", func(o *Options) { o.PeerProbeMaxRate = 1000.5 }, []string{"--peer-probe-max-rate"}},
+
 		{"healthz port negative", func(o *Options) { o.HealthzPort = -1 }, []string{"--healthz-port", "got -1"}},
 		{"healthz port too large", func(o *Options) { o.HealthzPort = 65536 }, []string{"--healthz-port", "65535"}},
 		{"healthz port 65535", func(o *Options) { o.HealthzPort = 65535 }, nil},
