@@ -65,6 +65,10 @@ type Inputs struct {
 	OtherModeErr error
 	// Env is subnet.env: expected and on disk.
 	Env EnvInput
+	// PodBridge is the node's cni0 bridge with its ports (the host side of
+	// each pod's veth, with the pod's MTU); nil when there is no cni0 (no
+	// pod was created yet).
+	PodBridge *Bridge
 	// Probe, if set, pings an address once and returns nil if it answered.
 	Probe func(netip.Addr) error
 }
@@ -142,6 +146,7 @@ func Build(in Inputs) (Report, error) {
 		errs = append(errs, err)
 	}
 	b.subnetEnv()
+	b.podMTU()
 	b.probe()
 	b.r.OK = len(b.r.Problems) == 0
 	return b.r, errors.Join(errs...)

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -114,6 +115,9 @@ func Collect(ctx context.Context, o daemon.Options, probe bool) (Inputs, func(),
 		if in.Devices, err = readDevices(h, be.Base().OwnedLinks); err != nil {
 			return Inputs{}, noop, err
 		}
+	}
+	if in.PodBridge, err = readPodBridge(h); err != nil {
+		return Inputs{}, noop, err
 	}
 	// What the daemon would advertise, before the Node's annotations apply.
 	local := subnet.LeaseAttrs{PublicIP: ext.ExtAddr, PublicIPv6: ext.ExtV6Addr, BackendType: cfg.BackendType}
@@ -238,6 +242,27 @@ func readDevices(h *netlink.Handle, links []int) ([]Device, error) {
 		out = append(out, d)
 	}
 	return out, nil
+}
+
+// readPodBridge reads the node's cni0 bridge and its ports (the links
+// whose master it is: the host side of each pod's veth) with their MTUs;
+// nil when there is no cni0 (no pod was created yet).
+func readPodBridge(h *netlink.Handle) (*Bridge, error) {
+	links, err := ip.Dump{H: h}.Links()
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	i := slices.IndexFunc(links, func(l netlink.Link) bool { return l.Attrs().Name == PodBridge })
+	if i < 0 {
+		return nil, nil
+	}
+	br := &Bridge{Name: PodBridge, Ports: []BridgePort{}}
+	for _, l := range links {
+		if a := l.Attrs(); a.MasterIndex == links[i].Attrs().Index {
+			br.Ports = append(br.Ports, BridgePort{Name: a.Name, MTU: a.MTU})
+		}
+	}
+	return br, nil
 }
 
 // deviceData is the backend data the devices imply, for the IPv4 and the

@@ -61,6 +61,9 @@ type Report struct {
 	Firewall FirewallReport `json:"firewall"`
 	// SubnetEnv compares subnet.env.
 	SubnetEnv SubnetEnvReport `json:"subnetEnv"`
+	// PodMTU compares the MTU of the node's pods with the MTU pods must
+	// have.
+	PodMTU PodMTUReport `json:"podMTU"`
 	// Problems lists every difference found, one sentence each; empty when
 	// the node is as flanneld would make it.
 	Problems []string `json:"problems"`
@@ -233,4 +236,28 @@ type EnvLine struct {
 	Expected string `json:"expected"`
 	OnDisk   string `json:"onDisk"`
 	Status   string `json:"status"`
+}
+
+// PodMTUReport compares the MTU of the pods on this node, as the host side
+// of each pod's veth (a port of the cni0 bridge) has it, with the MTU pods
+// must have. Pods keep the MTU they were created with when flanneld follows
+// a change of the underlay's MTU, until they are recreated.
+type PodMTUReport struct {
+	// Bridge is the pods' bridge, "cni0"; "" when the node has none (no
+	// pod was created yet): nothing is compared then.
+	Bridge string `json:"bridge"`
+	// Want is the MTU pods must have: the backend's, FLANNEL_MTU in the
+	// subnet.env flanneld writes.
+	Want int `json:"want"`
+	// Ports is the number of ports of the bridge: the node's pods.
+	Ports int `json:"ports"`
+	// Stale are the ports with another MTU than Want, sorted by name.
+	Stale []PortMTU `json:"stale"`
+}
+
+// PortMTU is one port of the pods' bridge with its MTU.
+type PortMTU struct {
+	// Port is the name of the host side of the pod's veth.
+	Port string `json:"port"`
+	MTU  int    `json:"mtu"`
 }

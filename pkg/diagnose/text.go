@@ -68,6 +68,10 @@ func WriteText(w io.Writer, r Report) error {
 		}
 	})
 
+	if r.PodMTU.Bridge != "" {
+		p.section(func(t io.Writer) { writePodMTU(t, r.PodMTU) })
+	}
+
 	if r.OK {
 		fmt.Fprintln(p.w, "RESULT: ok, the node is as flanneld would make it")
 	} else {
@@ -138,6 +142,34 @@ func writeDevices(t io.Writer, r Report) {
 		}
 		fmt.Fprintf(t, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", d.Name, typ, dash(d.MAC), d.MTU, state,
 			dash(strings.Join(d.Addresses, ",")), status(d.Status, d.Detail))
+	}
+}
+
+// writePodMTU prints the POD VETH section: the ports of the pods' bridge
+// with another MTU than the pods must have (the first maxStaleRows), then
+// how many have the right one.
+func writePodMTU(t io.Writer, pm PodMTUReport) {
+	fmt.Fprintf(t, "POD VETH (%s)\tMTU\tSTATUS\n", pm.Bridge)
+	if pm.Ports == 0 {
+		fmt.Fprintln(t, "(no pods)\t\t")
+		return
+	}
+	for i, s := range pm.Stale {
+		if i == maxStaleRows {
+			fmt.Fprintf(t, "(%d more)\t\t%s (--json lists them)\n", len(pm.Stale)-i, StatusDiffers)
+			break
+		}
+		fmt.Fprintf(t, "%s\t%d\t%s: want %d, recreate the pod\n", s.Port, s.MTU, StatusDiffers, pm.Want)
+	}
+	if ok := pm.Ports - len(pm.Stale); ok > 0 {
+		what := "veths"
+		if ok == 1 {
+			what = "veth"
+		}
+		if len(pm.Stale) > 0 {
+			what = "other " + what
+		}
+		fmt.Fprintf(t, "(%d %s)\t%d\t%s\n", ok, what, pm.Want, StatusOK)
 	}
 }
 
