@@ -40,6 +40,12 @@ func TestPeerProbes(t *testing.T) {
 	if code, body, err := getProbe(n1, "/readyz"); err != nil || code != http.StatusOK {
 		t.Errorf("n1 /readyz with a dead peer: %d %q %v, want 200", code, body, err)
 	}
+	r := runDiagnoseJSON(t, l, n1, 1)
+	if len(r.Unreachable) != 1 || r.Unreachable[0].Name != n3.Name || r.Unreachable[0].For == "" {
+		t.Errorf("flanneld diagnose on n1 lists unreachable peers %+v, want n3 with how long", r.Unreachable)
+	} else {
+		t.Logf("diagnose: %s unreachable at %s for %s", r.Unreachable[0].Name, r.Unreachable[0].Address, r.Unreachable[0].For)
+	}
 
 	mustExec(t, n3.Netns, "ip", "link", "set", "eth0", "up")
 	mustExec(t, n3.Netns, "ip", "route", "replace", "default", "via", lab.UnderlayGateway.String())

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/flanneld/flanneld/backend"
 	"github.com/flanneld/flanneld/ip"
@@ -63,6 +64,11 @@ type Inputs struct {
 	// it starts; OtherModeErr says why they could not be looked for.
 	OtherMode    []string
 	OtherModeErr error
+	// Probes is the running daemon's probe state (peers that do not
+	// answer through the overlay); nil when there is none.
+	Probes *daemon.ProbeState
+	// Now is when the diagnosis runs (zero: time.Now).
+	Now time.Time
 	// Env is subnet.env: expected and on disk.
 	Env EnvInput
 	// PodBridge is the node's cni0 bridge with its ports (the host side of
@@ -123,7 +129,7 @@ func Build(in Inputs) (Report, error) {
 		Node:    in.Node,
 		Backend: in.Config.BackendType,
 		// Empty lists, not null, in the JSON.
-		Devices: []DeviceReport{}, Peers: []PeerReport{}, Skipped: []SkippedPeer{}, Stale: []string{},
+		Devices: []DeviceReport{}, Peers: []PeerReport{}, Skipped: []SkippedPeer{}, Stale: []string{}, Unreachable: []UnreachableReport{},
 		Firewall: FirewallReport{Mode: in.FirewallMode, Rules: []RuleReport{}, Problems: []string{}, OtherMode: []string{}},
 		Problems: []string{},
 	}}
@@ -147,6 +153,7 @@ func Build(in Inputs) (Report, error) {
 	}
 	b.subnetEnv()
 	b.podMTU()
+	b.unreachable()
 	b.probe()
 	b.r.OK = len(b.r.Problems) == 0
 	return b.r, errors.Join(errs...)

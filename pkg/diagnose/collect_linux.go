@@ -136,6 +136,7 @@ func Collect(ctx context.Context, o daemon.Options, probe bool) (Inputs, func(),
 	}
 	in.Env.Expected = subnet.NewEnv(cfg, &in.Own, be.MTU(), o.IPMasq)
 	in.Env.OnDisk, in.Env.ReadErr = os.ReadFile(o.SubnetFile)
+	in.Probes = readProbeState(os.ReadFile(daemon.ProbeStatePath(o.SubnetFile)))
 	if probe {
 		in.Probe = func(a netip.Addr) error { return ping(ctx, a) }
 	}

@@ -64,6 +64,9 @@ type Report struct {
 	// PodMTU compares the MTU of the node's pods with the MTU pods must
 	// have.
 	PodMTU PodMTUReport `json:"podMTU"`
+	// Unreachable are the peers the running daemon's probes find
+	// unreachable through the overlay (--peer-probe-interval).
+	Unreachable []UnreachableReport `json:"unreachable"`
 	// Problems lists every difference found, one sentence each; empty when
 	// the node is as flanneld would make it.
 	Problems []string `json:"problems"`

@@ -41,6 +41,10 @@ func WriteText(w io.Writer, r Report) error {
 		})
 	}
 
+	if len(r.Unreachable) > 0 {
+		p.section(func(t io.Writer) { writeUnreachable(t, r.Unreachable) })
+	}
+
 	if len(r.Stale) > 0 {
 		p.section(func(t io.Writer) {
 			fmt.Fprintln(t, "STALE ENTRY (a running flanneld removes it)")
