@@ -21,6 +21,7 @@ type daemonMetrics struct {
 	fullPasses, incrPasses    float64
 	fullSeconds, incrSeconds  float64 // total time in passes
 	watchEvents               float64
+	probes, peersProbed       float64 // peer probes sent; peers probed
 }
 
 func (d daemonMetrics) String() string {
@@ -78,6 +79,8 @@ func parseDaemonMetrics(r io.Reader) (daemonMetrics, error) {
 		`flanneld_sync_passes_total{kind="incremental"}`:         &d.incrPasses,
 		`flanneld_sync_duration_seconds_sum{kind="full"}`:        &d.fullSeconds,
 		`flanneld_sync_duration_seconds_sum{kind="incremental"}`: &d.incrSeconds,
+		"flanneld_peer_probes_total":                             &d.probes,
+		"flanneld_peers_probed":                                  &d.peersProbed,
 		`flanneld_watch_events_total{type="add"}`:                nil,
 		`flanneld_watch_events_total{type="update"}`:             nil,
 		`flanneld_watch_events_total{type="delete"}`:             nil,

@@ -101,6 +101,11 @@ func printMetrics(w io.Writer, results []result, s settings) {
 		metric(p+"floor_list_seconds", "%.3f", r.listFloor.Seconds())
 		metric(p+"floor_batch_seconds", "%.3f", r.batchFloor.Seconds())
 		metric(p+"list_mib", "%.2f", float64(r.listBytes)/(1<<20))
+		if r.probes.measured {
+			metric(p+"probe_pps", "%.2f", r.probes.pps)
+			metric(p+"probe_cpu_percent", "%.2f", 100*r.probes.cpuShare)
+			metric(p+"probe_rss_growth_mib", "%.1f", r.probes.rssGrowthMiB)
+		}
 		if r.addOK {
 			metric(fmt.Sprintf("%sadd%d_seconds", p, s.churn), "%.3f", r.add.Seconds())
 			metric(fmt.Sprintf("%sadd%d_after_api_seconds", p, s.churn), "%.3f", r.addAfterAPI.Seconds())

@@ -113,6 +113,10 @@ type result struct {
 	add, remove              time.Duration // from the first API call to programmed
 	addAfterAPI, removeAfter time.Duration // from the last API call's answer to programmed
 
+	// probes is the cost of probing the peers (--peer-probe-interval, on
+	// by default) over probeWindow with nothing else to do.
+	probes probeCost
+
 	end       usage         // at the end of the run
 	daemon    daemonMetrics // flanneld's /metrics at the end of the run
 	logBytes  int64
@@ -262,6 +266,11 @@ func measure(ctx context.Context, t *testing.T, n int, s settings) result {
 		if err != nil {
 			return fail("removing %d peers: %v", s.churn, err)
 		}
+		if r.probes, err = measureProbes(node.Netns, p.Pid()); err != nil {
+			t.Logf("measuring the peer probes: %v", err)
+		} else {
+			t.Logf("N=%d: peer probes: %s", n, r.probes)
+		}
 	} else {
 		t.Logf("N=%d: flanneld did not program all peers within %v: %s", n, s.timeout, r.final)
 	}
@@ -283,6 +292,48 @@ func measure(ctx context.Context, t *testing.T, n int, s settings) result {
 	p.Stop()
 	keepLog(t, p, n)
 	return r
+}
+
+// probeWindow is how long the probes' cost is measured for.
+const probeWindow = 20 * time.Second
+
+// probeCost is what probing the peers costs flanneld while it has nothing
+// else to do.
+type probeCost struct {
+	pps, cpuShare, rssGrowthMiB float64
+	measured                    bool
+}
+
+func (c probeCost) String() string {
+	return fmt.Sprintf("%.2f probes/s, %.2f%% of a CPU, RSS %+.1f MiB over %v", c.pps, 100*c.cpuShare, c.rssGrowthMiB, probeWindow)
+}
+
+// measureProbes measures flanneld's probes sent, CPU and RSS over
+// probeWindow.
+func measureProbes(ns string, pid int) (probeCost, error) {
+	m0, err := scrapeDaemonMetrics(ns)
+	if err != nil {
+		return probeCost{}, err
+	}
+	u0, err := readUsage(pid)
+	if err != nil {
+		return probeCost{}, err
+	}
+	time.Sleep(probeWindow)
+	m1, err := scrapeDaemonMetrics(ns)
+	if err != nil {
+		return probeCost{}, err
+	}
+	u1, err := readUsage(pid)
+	if err != nil {
+		return probeCost{}, err
+	}
+	return probeCost{
+		pps:          (m1.probes - m0.probes) / probeWindow.Seconds(),
+		cpuShare:     (u1.cpu - u0.cpu).Seconds() / probeWindow.Seconds(),
+		rssGrowthMiB: mib(u1.rssKiB) - mib(u0.rssKiB),
+		measured:     true,
+	}, nil
 }
 
 // keepLog copies flanneld's log out of the lab's directory (removed with

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"math"
 	"net/netip"
 	"os"
 	"slices"
@@ -129,13 +130,24 @@ func (p *prober) period() time.Duration {
 	p.mu.Lock()
 	n := len(p.peers)
 	p.mu.Unlock()
-	return max(p.interval/time.Duration(max(n, 1)), time.Duration(float64(time.Second)/p.maxRate))
+	if n == 0 {
+		return time.Second // look again soon: the first peers are coming
+	}
+	return max(p.interval/time.Duration(n), time.Duration(float64(time.Second)/p.maxRate))
 }
 
-// run probes until ctx ends.
+// run probes until ctx ends. Probes run concurrently (a dead peer's
+// timeouts must not slow the others down), at most inFlight at once, each
+// peer in one at a time; run returns once they have all ended.
 func (p *prober) run(ctx context.Context) {
 	limiter := rate.NewLimiter(rate.Limit(p.maxRate), 1)
 	events := rate.NewLimiter(rate.Every(10*time.Second), 5)
+	inFlight := max(2, int(math.Ceil(p.maxRate*probeLosses*(probeTimeout+p.retryAfter).Seconds())))
+	sem := make(chan struct{}, inFlight)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	busy := map[string]bool{}
+	var busyMu sync.Mutex
 	for {
 		select {
 		case <-ctx.Done():
@@ -143,10 +155,28 @@ func (p *prober) run(ctx context.Context) {
 		case <-time.After(p.period()):
 		}
 		name, target, ok := p.pick()
-		if !ok {
+		busyMu.Lock()
+		if !ok || busy[name] {
+			busyMu.Unlock()
 			continue
 		}
-		p.probe(ctx, limiter, events, name, target)
+		select {
+		case sem <- struct{}{}:
+		default: // as many probes as the rate allows are out
+			busyMu.Unlock()
+			continue
+		}
+		busy[name] = true
+		busyMu.Unlock()
+		wg.Go(func() {
+			defer func() {
+				busyMu.Lock()
+				delete(busy, name)
+				busyMu.Unlock()
+				<-sem
+			}()
+			p.probe(ctx, limiter, events, name, target)
+		})
 	}
 }
 
@@ -164,6 +194,7 @@ func (p *prober) probe(ctx context.Context, limiter, events *rate.Limiter, name 
 			return
 		}
 		rtt, err := p.pinger.Ping(ctx, target, probeTimeout)
+		p.metrics.Probes.Inc()
 		if ctx.Err() != nil {
 			return
 		}

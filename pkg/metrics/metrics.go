@@ -42,6 +42,9 @@ type Metrics struct {
 	PeersProbed      prometheus.Gauge
 	PeersUnreachable prometheus.Gauge
 	ProbeRTT         prometheus.Histogram
+	// Probes counts the probes sent (their cost: at most
+	// --peer-probe-max-rate a second).
+	Probes prometheus.Counter
 
 	// SyncPasses and SyncDuration are labelled by kind: "full" or
 	// "incremental"; SyncErrors counts failed passes.
@@ -89,6 +92,8 @@ func New(version string) *Metrics {
 			Help: "Peers probed through the overlay (--peer-probe-interval)."}),
 		PeersUnreachable: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "peers_unreachable",
 			Help: "Peers that did not answer three probes in a row through the overlay."}),
+		Probes: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "peer_probes_total",
+			Help: "Probes of peers sent through the overlay."}),
 		ProbeRTT: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Name: "peer_probe_rtt_seconds",
 			Help:    "Round-trip times of the probes of peers through the overlay, over all peers.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 8)}),
@@ -117,7 +122,7 @@ func New(version string) *Metrics {
 		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()}})
 	buildInfo.Set(1)
 	m.Registry.MustRegister(buildInfo, m.PeersKnown, m.PeersProgrammed, m.PeersSkipped, m.PeersRejected, m.EntryFailures, m.EntriesFailing,
-		m.PeersProbed, m.PeersUnreachable, m.ProbeRTT,
+		m.PeersProbed, m.PeersUnreachable, m.ProbeRTT, m.Probes,
 		m.SyncPasses, m.SyncDuration, m.SyncErrors, m.LastSync, m.DriftRepairs,
 		m.Lease, m.LeaseExpiry, m.WatchEvents, m.LastWatchSync,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -24,6 +24,7 @@ var flanneldMetrics = map[string][]string{
 	"flanneld_peers_probed":                      nil,
 	"flanneld_peers_unreachable":                 nil,
 	"flanneld_peer_probe_rtt_seconds":            nil,
+	"flanneld_peer_probes_total":                 nil,
 	"flanneld_sync_passes_total":                 {"kind"},
 	"flanneld_sync_duration_seconds":             {"kind"},
 	"flanneld_sync_errors_total":                 nil,
