@@ -87,10 +87,21 @@ BACKEND ?= vxlan
 demo: deps build lab-binaries
 	FLANNELD_DEMO=1 BACKEND=$(BACKEND) $(GO) test -count=1 -timeout 15m -v -run '^TestDemo$$' ./e2e/demo/
 
+# The image reference (`make image IMAGE=registry.example/flanneld:v1`).
 IMAGE ?= ghcr.io/flanneld/flanneld:$(VERSION)
+IMAGE_OUT ?= bin/image/flanneld-oci.tar
 
-# Needs a container engine (docker or podman).
-image:
+# The image without docker or a registry: a Debian rootfs from Debian's
+# packages (mmdebstrap) and our binaries, assembled by umoci into an OCI
+# archive (IMAGE_OUT) for `ctr -n k8s.io images import` or skopeo; see
+# hack/build-image.sh and Documentation/kubernetes.md.
+image: build
+	hack/install-deps.sh image
+	IMAGE=$(IMAGE) IMAGE_OUT=$(IMAGE_OUT) VERSION=$(VERSION) hack/build-image.sh
+
+# The same image with a container engine, from the Dockerfile.
+.PHONY: docker-image
+docker-image:
 	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
 
 clean:

@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # Installs the Debian packages flanneld's tests need, when missing.
+# `install-deps.sh image`: only what `make image` needs.
 set -euo pipefail
 need=()
-command -v etcd >/dev/null || need+=(etcd-server)
-command -v etcdctl >/dev/null || need+=(etcd-client)
-command -v iptables >/dev/null || need+=(iptables)
-command -v nft >/dev/null || need+=(nftables)
-command -v ip >/dev/null || need+=(iproute2)
-command -v bridge >/dev/null || need+=(iproute2)
-command -v ping >/dev/null || need+=(iputils-ping)
-command -v tcpdump >/dev/null || need+=(tcpdump)
-command -v iperf3 >/dev/null || need+=(iperf3)
-command -v qperf >/dev/null || need+=(qperf)
+# The image (hack/build-image.sh): mmdebstrap builds the Debian root file
+# system, umoci assembles the OCI image.
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+command -v umoci >/dev/null || need+=(umoci)
+if [ "${1:-}" != image ]; then
+	command -v etcd >/dev/null || need+=(etcd-server)
+	command -v etcdctl >/dev/null || need+=(etcd-client)
+	command -v iptables >/dev/null || need+=(iptables)
+	command -v nft >/dev/null || need+=(nftables)
+	command -v ip >/dev/null || need+=(iproute2)
+	command -v bridge >/dev/null || need+=(iproute2)
+	command -v ping >/dev/null || need+=(iputils-ping)
+	command -v tcpdump >/dev/null || need+=(tcpdump)
+	command -v iperf3 >/dev/null || need+=(iperf3)
+	command -v qperf >/dev/null || need+=(qperf)
+fi
 if [ ${#need[@]} -eq 0 ]; then
 	exit 0
 fi
