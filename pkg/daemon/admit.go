@@ -84,8 +84,8 @@ func (a *admission) apply(changed map[string]*subnet.Lease, full bool) {
 	for name, lease := range changed {
 		if lease != nil {
 			leases = append(leases, *lease)
-			if old, ok := a.states[name]; ok && (old.lease.Subnet != lease.Subnet || old.lease.IPv6Subnet != lease.IPv6Subnet) {
-				removed = true // its old subnet may have blocked another peer
+			if _, ok := a.states[name]; ok {
+				removed = true // what it held (a subnet, a MAC) may have blocked another peer
 			}
 			continue
 		}

@@ -132,3 +132,23 @@ func TestAdmitForDiagnose(t *testing.T) {
 		}
 	}
 }
+
+// TestAdmissionLoserTakesFreedKey: a peer refused for another's VtepMAC is
+// programmed as soon as that peer changes its MAC.
+func TestAdmissionLoserTakesFreedKey(t *testing.T) {
+	rec := network.NewReconciler(kernel.NewFake())
+	a := newAdmission(macBackend{}, rec, rulesFor(peer("self", "10.244.1.0/24", "192.168.0.1", `{}`)))
+	victim := aged(peer("victim", "10.244.2.0/24", "192.168.0.2", `"0a:58:00:00:00:02"`), 100)
+	copycat := aged(peer("copycat", "10.244.3.0/24", "192.168.0.3", `"0a:58:00:00:00:02"`), 200)
+	a.apply(map[string]*subnet.Lease{victim.Name: &victim}, false)
+	a.apply(map[string]*subnet.Lease{copycat.Name: &copycat}, false)
+	if _, ok := a.states["copycat"]; ok {
+		t.Fatal("the copycat was programmed")
+	}
+	moved := victim
+	moved.Attrs.BackendData = []byte(`"0a:58:00:00:00:22"`)
+	a.apply(map[string]*subnet.Lease{moved.Name: &moved}, false)
+	if _, ok := a.states["copycat"]; !ok {
+		t.Error("the MAC is free, but the peer that wanted it was not programmed")
+	}
+}
