@@ -15,6 +15,8 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/flanneld/flanneld/backend"
+	"github.com/flanneld/flanneld/backend/alloc"
+	"github.com/flanneld/flanneld/backend/extension"
 	"github.com/flanneld/flanneld/backend/hostgw"
 	"github.com/flanneld/flanneld/backend/udp"
 	"github.com/flanneld/flanneld/backend/vxlan"
@@ -29,9 +31,11 @@ import (
 // Backends returns the registry of the backends this build supports.
 func Backends() backend.Registry {
 	return backend.Registry{
-		vxlan.Type:  vxlan.New,
-		hostgw.Type: hostgw.New,
-		udp.Type:    udp.New,
+		vxlan.Type:     vxlan.New,
+		hostgw.Type:    hostgw.New,
+		udp.Type:       udp.New,
+		alloc.Type:     alloc.New,
+		extension.Type: extension.New,
 	}
 }
 
@@ -114,7 +118,7 @@ func run(ctx context.Context, o Options) error {
 	if err := m.Register(metrics.NewLinkStats(h, loop.ownedLinks)); err != nil {
 		return stop(err)
 	}
-	if o.PeerProbeInterval > 0 {
+	if o.PeerProbeInterval > 0 && probed(src.config.BackendType) {
 		loop.probes = newProber(ip.NewICMPPinger(), o.PeerProbeInterval, o.PeerProbeMaxRate, m)
 		loop.probes.event, loop.probes.stateFile = src.event, ProbeStatePath(o.SubnetFile)
 		g.Go(func() error { loop.probes.run(gctx); return nil })

@@ -34,6 +34,17 @@ const (
 	probeLosses     = 3
 )
 
+// probed reports whether peers are probed with the backend: those that
+// carry pod traffic between nodes themselves (not alloc, which programs
+// nothing, nor extension, whose datapath flanneld does not know).
+func probed(backendType string) bool {
+	switch backendType {
+	case "vxlan", "host-gw", "udp":
+		return true
+	}
+	return false
+}
+
 // probeTarget is the address that answers for a peer through the overlay:
 // the network address of its subnet, which its flannel device holds (vxlan,
 // udp), or the first address, its cni0 bridge (host-gw, which has no
