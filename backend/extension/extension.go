@@ -170,7 +170,7 @@ func (b *Backend) Configure(ctx context.Context, own subnet.Lease) error {
 	if b.opts.PostStartupCommand == "" {
 		return nil
 	}
-	env := []string{"NETWORK=" + prefixString(b.network)}
+	env := []string{"NETWORK=" + ip.Text(b.network)}
 	env = append(env, leaseEnv(own.Subnet, own.IPv6Subnet, own.Attrs.PublicIP, own.Attrs.PublicIPv6)...)
 	_, err := b.run(ctx, "PostStartupCommand", b.opts.PostStartupCommand, env, "", false)
 	return err
@@ -445,23 +445,9 @@ func decodeData(raw json.RawMessage) (string, error) {
 // leaseEnv is the environment of a command about a lease.
 func leaseEnv(sn, sn6 netip.Prefix, pub, pub6 netip.Addr) []string {
 	return []string{
-		"SUBNET=" + prefixString(sn),
-		"IPV6SUBNET=" + prefixString(sn6),
-		"PUBLIC_IP=" + addrString(pub),
-		"PUBLIC_IPV6=" + addrString(pub6),
+		"SUBNET=" + ip.Text(sn),
+		"IPV6SUBNET=" + ip.Text(sn6),
+		"PUBLIC_IP=" + ip.Text(pub),
+		"PUBLIC_IPV6=" + ip.Text(pub6),
 	}
-}
-
-func prefixString(p netip.Prefix) string {
-	if !p.IsValid() {
-		return ""
-	}
-	return p.String()
-}
-
-func addrString(a netip.Addr) string {
-	if !a.IsValid() {
-		return ""
-	}
-	return a.String()
 }
