@@ -68,14 +68,14 @@ type Options struct {
 
 // Backend is the extension backend.
 type Backend struct {
-	opts       Options
-	ext        *ip.ExternalInterface
-	network    netip.Prefix
-	ipv4, ipv6 bool
-	timeout    time.Duration
+	// Deviceless: no device, the node's public IPs advertised, the
+	// external interface's MTU.
+	backend.Deviceless
+	opts    Options
+	network netip.Prefix
+	timeout time.Duration
 
 	mu        sync.Mutex
-	mtu       int              // the external interface's
 	data      json.RawMessage  // PreStartupCommand's output; nil before Setup ran it
 	peers     map[string]*peer // peers whose commands are pending or ran
 	wake      chan struct{}    // tells Forward that peers changed
@@ -116,15 +116,12 @@ func New(p backend.Params) (backend.Backend, error) {
 		return nil, fmt.Errorf("extension: no external interface")
 	}
 	return &Backend{
-		opts:    o,
-		ext:     p.ExtIface,
-		network: p.Config.Network,
-		ipv4:    p.Config.EnableIPv4,
-		ipv6:    p.Config.EnableIPv6,
-		timeout: DefaultTimeout,
-		mtu:     p.ExtIface.MTU,
-		peers:   map[string]*peer{},
-		wake:    make(chan struct{}, 1),
+		Deviceless: backend.NewDeviceless(Type, p),
+		opts:       o,
+		network:    p.Config.Network,
+		timeout:    DefaultTimeout,
+		peers:      map[string]*peer{},
+		wake:       make(chan struct{}, 1),
 		backoffFn: func(prev time.Duration) time.Duration {
 			return min(max(2*prev, minBackoff), maxBackoff)
 		},
@@ -134,16 +131,10 @@ func New(p backend.Params) (backend.Backend, error) {
 // Setup implements backend.Backend: it runs PreStartupCommand (once per
 // process; a later Setup, after an MTU change, reuses its output) and
 // advertises its output as backend-data, with the node's public IPs.
-func (b *Backend) Setup(ctx context.Context, _ *subnet.LeaseAttrs) (subnet.LeaseAttrs, error) {
-	attrs := subnet.LeaseAttrs{BackendType: Type}
-	if b.ipv4 {
-		attrs.PublicIP = b.ext.ExtAddr
-	}
-	if b.ipv6 {
-		attrs.PublicIPv6 = b.ext.ExtV6Addr
-	}
-	if b.opts.PreStartupCommand == "" {
-		return attrs, nil
+func (b *Backend) Setup(ctx context.Context, prev *subnet.LeaseAttrs) (subnet.LeaseAttrs, error) {
+	attrs, err := b.Deviceless.Setup(ctx, prev)
+	if err != nil || b.opts.PreStartupCommand == "" {
+		return attrs, err
 	}
 	b.mu.Lock()
 	data := b.data
@@ -175,27 +166,6 @@ func (b *Backend) Configure(ctx context.Context, own subnet.Lease) error {
 	_, err := b.run(ctx, "PostStartupCommand", b.opts.PostStartupCommand, env, "", false)
 	return err
 }
-
-// Attach implements backend.Backend: there is no device.
-func (b *Backend) Attach() error { return nil }
-
-// MTU implements backend.Backend: the external interface's MTU.
-func (b *Backend) MTU() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.mtu
-}
-
-// SetUnderlayMTU implements backend.MTUFollower.
-func (b *Backend) SetUnderlayMTU(ext int) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.mtu = ext
-	return nil
-}
-
-// Base implements backend.Backend: the backend owns nothing.
-func (b *Backend) Base() network.State { return network.State{} }
 
 // PeerState implements backend.Backend: nothing is programmed for a peer;
 // a peer of another backend, or whose backend-data is not a JSON string
