@@ -242,7 +242,10 @@ func (p *prober) record(name string, target netip.Addr, answered bool, events *r
 		}
 	}
 	probed, unreachable := p.countsLocked()
-	state := p.stateLocked()
+	var state ProbeState
+	if changed { // sorted copy of every peer: only when the file must change
+		state = p.stateLocked()
+	}
 	p.mu.Unlock()
 	p.metrics.PeersProbed.Set(float64(probed))
 	p.metrics.PeersUnreachable.Set(float64(unreachable))
