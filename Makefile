@@ -27,17 +27,36 @@ bin/flannel: FORCE
 bin/kube-apiserver: e2e/tools/go.mod e2e/tools/go.sum
 	cd e2e/tools && $(GO) build -o ../../bin/kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
 
+# The real-node lab (e2e/lab/kubenode.go): kubelet, kube-controller-manager,
+# kube-scheduler and kubectl, from the same pinned k8s.io/kubernetes (a few
+# more minutes on a fresh machine; the build cache is shared).
+KUBE_BINARIES := bin/kubelet bin/kube-controller-manager bin/kube-scheduler bin/kubectl
+$(KUBE_BINARIES) &: e2e/tools/go.mod e2e/tools/go.sum
+	cd e2e/tools && $(GO) build -ldflags "-s -w" -o ../../bin/ \
+		k8s.io/kubernetes/cmd/kubelet \
+		k8s.io/kubernetes/cmd/kube-controller-manager \
+		k8s.io/kubernetes/cmd/kube-scheduler \
+		k8s.io/kubernetes/cmd/kubectl
+
 # The CNI reference plugins and cnitool, for the lab's pods.
-CNI_PLUGINS := bin/cni/bridge bin/cni/host-local bin/cni/portmap
+CNI_PLUGINS := bin/cni/bridge bin/cni/host-local bin/cni/portmap bin/cni/loopback
 $(CNI_PLUGINS) bin/cnitool &: e2e/tools/go.mod e2e/tools/go.sum
 	mkdir -p bin/cni
 	cd e2e/tools && $(GO) build -o ../../bin/cni/ \
 		github.com/containernetworking/plugins/plugins/main/bridge \
 		github.com/containernetworking/plugins/plugins/ipam/host-local \
-		github.com/containernetworking/plugins/plugins/meta/portmap
+		github.com/containernetworking/plugins/plugins/meta/portmap \
+		github.com/containernetworking/plugins/plugins/main/loopback
 	cd e2e/tools && $(GO) build -o ../../bin/cnitool github.com/containernetworking/cni/cnitool
 
-lab-binaries: bin/kube-apiserver $(CNI_PLUGINS) bin/cnitool
+# The real-node lab's pause and toolbox images (OCI archives in bin/image).
+LAB_IMAGES := bin/image/lab-pause-oci.tar bin/image/lab-toolbox-oci.tar
+bin/lab-pause: e2e/lab/pause/main.go
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $@ ./e2e/lab/pause
+$(LAB_IMAGES) &: bin/lab-pause hack/build-lab-images.sh
+	hack/build-lab-images.sh
+
+lab-binaries: bin/kube-apiserver $(KUBE_BINARIES) $(CNI_PLUGINS) bin/cnitool $(LAB_IMAGES)
 
 # Debian packages the tests use (etcd, iptables, iproute2, ping, tcpdump).
 deps:

@@ -25,6 +25,13 @@ var (
 	BinaryFlanneld      = Binary{Env: "FLANNELD", Relative: "bin/flanneld"}
 	BinaryKubeAPIServer = Binary{Env: "KUBE_APISERVER", Relative: "bin/kube-apiserver"}
 	BinaryEtcd          = Binary{Env: "ETCD", Absolute: "/usr/bin/etcd"}
+
+	// The real-node lab (kube.go, kubenode.go).
+	BinaryKubelet               = Binary{Env: "KUBELET", Relative: "bin/kubelet"}
+	BinaryKubeControllerManager = Binary{Env: "KUBE_CONTROLLER_MANAGER", Relative: "bin/kube-controller-manager"}
+	BinaryKubeScheduler         = Binary{Env: "KUBE_SCHEDULER", Relative: "bin/kube-scheduler"}
+	BinaryKubectl               = Binary{Env: "KUBECTL", Relative: "bin/kubectl"}
+	BinaryContainerd            = Binary{Env: "CONTAINERD", Absolute: "/usr/bin/containerd"}
 )
 
 // RequireBinary returns the path of b, failing the test with a hint when the

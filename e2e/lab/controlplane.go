@@ -175,6 +175,8 @@ func (cp *controlPlane) writeAPIServerFiles() ([]string, error) {
 		"--service-account-key-file=" + saKey,
 		"--service-account-signing-key-file=" + saKey,
 		"--service-cluster-ip-range=10.96.0.0/16",
+		// kubectl exec/logs on real nodes: by address, the lab has no DNS.
+		"--kubelet-preferred-address-types=InternalIP",
 	}, nil
 }
 

@@ -39,9 +39,10 @@ type Lab struct {
 	underlayNS string
 	cp         *controlPlane
 
-	mu    sync.Mutex
-	nodes []*Node
-	procs []*Process
+	mu       sync.Mutex
+	nodes    []*Node
+	procs    []*Process
+	cleanups []func() // run after the processes stopped, before the namespaces go
 
 	topo topology // the router and Segment2 (topology.go)
 
@@ -158,6 +159,7 @@ func (l *Lab) cleanup() {
 	l.mu.Lock()
 	procs := append([]*Process(nil), l.procs...)
 	nodes := append([]*Node(nil), l.nodes...)
+	cleanups := append([]func(){}, l.cleanups...)
 	l.mu.Unlock()
 
 	if l.t.Failed() {
@@ -178,6 +180,9 @@ func (l *Lab) cleanup() {
 			}
 		}
 	}
+	for i := len(cleanups) - 1; i >= 0; i-- {
+		cleanups[i]()
+	}
 	if l.cp != nil {
 		l.cp.close()
 	}
@@ -190,6 +195,14 @@ func (l *Lab) cleanup() {
 			l.t.Errorf("deleting namespace %s: %v", ns, err)
 		}
 	}
+}
+
+// addCleanup registers fn to run when the lab is cleaned up, after its
+// processes have stopped and before its namespaces are deleted.
+func (l *Lab) addCleanup(fn func()) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.cleanups = append(l.cleanups, fn)
 }
 
 // dumpNodeState logs the kernel state of every node, to explain failures.

@@ -38,6 +38,7 @@ type Node struct {
 
 	lab      *Lab
 	flanneld *Process
+	kube     *kubeletNode // a real node's containerd and kubelet (AddKubeletNode)
 }
 
 // AddNode creates a node namespace (eth0 at 192.168.100.11, .12, ... with a
