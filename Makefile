@@ -24,15 +24,17 @@ bin/flannel: FORCE
 # (e2e/tools), so the daemon's go.mod stays free of k8s.io/kubernetes. It
 # takes about five minutes on two cores and is rebuilt only when its pinned
 # version changes.
+KUBE_VERSION = $(shell cd e2e/tools && $(GO) list -m -f '{{.Version}}' k8s.io/kubernetes)
+KUBE_LDFLAGS = -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) -X k8s.io/component-base/version.gitMajor=1
 bin/kube-apiserver: e2e/tools/go.mod e2e/tools/go.sum
-	cd e2e/tools && $(GO) build -o ../../bin/kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
+	cd e2e/tools && $(GO) build -ldflags "$(KUBE_LDFLAGS)" -o ../../bin/kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
 
 # The real-node lab (e2e/lab/kubenode.go): kubelet, kube-controller-manager,
 # kube-scheduler and kubectl, from the same pinned k8s.io/kubernetes (a few
 # more minutes on a fresh machine; the build cache is shared).
 KUBE_BINARIES := bin/kubelet bin/kube-controller-manager bin/kube-scheduler bin/kubectl
 $(KUBE_BINARIES) &: e2e/tools/go.mod e2e/tools/go.sum
-	cd e2e/tools && $(GO) build -ldflags "-s -w" -o ../../bin/ \
+	cd e2e/tools && $(GO) build -ldflags "-s -w $(KUBE_LDFLAGS)" -o ../../bin/ \
 		k8s.io/kubernetes/cmd/kubelet \
 		k8s.io/kubernetes/cmd/kube-controller-manager \
 		k8s.io/kubernetes/cmd/kube-scheduler \
@@ -101,10 +103,13 @@ bench-scale: deps build lab-binaries
 	FLANNELD_BENCH=1 $(GO) test -count=1 -timeout 90m -v -run '^TestScale$$' ./bench/scale
 
 BACKEND ?= vxlan
+KUBELET ?=
 
-# A three-node cluster in network namespaces, shown and torn down.
+# A three-node cluster in network namespaces, shown and torn down. With
+# KUBELET=1 the nodes run containerd and kubelets, and flanneld is installed
+# with `kubectl apply` of its DaemonSet (the image is built first).
 demo: deps build lab-binaries
-	FLANNELD_DEMO=1 BACKEND=$(BACKEND) $(GO) test -count=1 -timeout 15m -v -run '^TestDemo$$' ./e2e/demo/
+	FLANNELD_DEMO=1 BACKEND=$(BACKEND) FLANNELD_DEMO_KUBELET=$(KUBELET) $(GO) test -count=1 -timeout 15m -v -run '^TestDemo$$' ./e2e/demo/
 
 # The image reference (`make image IMAGE=registry.example/flanneld:v1`).
 IMAGE ?= ghcr.io/flanneld/flanneld:$(VERSION)

@@ -137,28 +137,6 @@ func (c *realCluster) pods(ns, selector string) ([]corev1.Pod, error) {
 	return list.Items, nil
 }
 
-// toolboxDaemonSet runs one busybox pod per node (pod network, not host).
-const toolboxDaemonSet = `apiVersion: apps/v1
-kind: DaemonSet
-metadata:
-  name: toolbox
-  namespace: default
-spec:
-  selector:
-    matchLabels:
-      app: toolbox
-  template:
-    metadata:
-      labels:
-        app: toolbox
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-        - name: toolbox
-          image: ` + lab.ToolboxImage + `
-          command: ["sleep", "100000"]
-`
-
 // toolboxPod is a running toolbox pod.
 type toolboxPod struct {
 	name, node string
@@ -298,7 +276,7 @@ func TestRealNodes(t *testing.T) {
 	t.Run("our manifest", func(t *testing.T) {
 		l.KubectlApply(t, ourManifest(t, nil))
 		c.waitFlannelReady(t, "kube-system", realImage)
-		l.KubectlApply(t, toolboxDaemonSet)
+		l.KubectlApply(t, lab.ToolboxDaemonSet)
 		pods := c.waitToolbox(t)
 		c.pingAll(t, pods)
 	})

@@ -7,8 +7,6 @@ need=()
 # system, umoci assembles the OCI image.
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v umoci >/dev/null || need+=(umoci)
-# The real-node lab's toolbox image is Debian's static busybox.
-[ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || need+=(busybox-static file)
 if [ "${1:-}" != image ]; then
 	command -v etcd >/dev/null || need+=(etcd-server)
 	command -v etcdctl >/dev/null || need+=(etcd-client)
@@ -20,7 +18,9 @@ if [ "${1:-}" != image ]; then
 	command -v tcpdump >/dev/null || need+=(tcpdump)
 	command -v iperf3 >/dev/null || need+=(iperf3)
 	command -v qperf >/dev/null || need+=(qperf)
-	# The real-node lab: containerd and runc run the kubelets' pods.
+	# The real-node lab: containerd and runc run the kubelets' pods; the
+	# toolbox image is Debian's static busybox.
+	[ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || need+=(busybox-static file)
 	command -v containerd >/dev/null || need+=(containerd)
 	command -v runc >/dev/null || need+=(runc)
 	command -v nsenter >/dev/null || need+=(util-linux)

@@ -1,6 +1,8 @@
 // Package demo is `make demo`: a three-node flanneld cluster in network
 // namespaces on this machine, shown the way a person would inspect it, then
-// torn down. It runs only when FLANNELD_DEMO=1 (set by the Makefile).
+// torn down. It runs only when FLANNELD_DEMO=1 (set by the Makefile). With
+// KUBELET=1 the nodes are real: containerd and kubelets, flanneld installed
+// by `kubectl apply` of its DaemonSet from the image `make image` builds.
 package demo
 
 import (
@@ -35,6 +37,11 @@ func TestDemo(t *testing.T) {
 			t.SkipNow()
 		}
 		fmt.Printf("\n==> "+format+"\n", a...)
+	}
+
+	if os.Getenv("FLANNELD_DEMO_KUBELET") == "1" {
+		demoKubelet(t, step, backend)
+		return
 	}
 
 	step("starting etcd and kube-apiserver in a network namespace")

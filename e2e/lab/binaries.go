@@ -27,7 +27,7 @@ var (
 	BinaryEtcd          = Binary{Env: "ETCD", Absolute: "/usr/bin/etcd"}
 
 	// The real-node lab (kube.go, kubenode.go).
-	BinaryKubelet               = Binary{Env: "KUBELET", Relative: "bin/kubelet"}
+	BinaryKubelet               = Binary{Env: "KUBELET_BIN", Relative: "bin/kubelet"}
 	BinaryKubeControllerManager = Binary{Env: "KUBE_CONTROLLER_MANAGER", Relative: "bin/kube-controller-manager"}
 	BinaryKubeScheduler         = Binary{Env: "KUBE_SCHEDULER", Relative: "bin/kube-scheduler"}
 	BinaryKubectl               = Binary{Env: "KUBECTL", Relative: "bin/kubectl"}

@@ -20,6 +20,29 @@ const ServiceIP = "10.96.0.1"
 // allocates node podCIDRs from, matching DefaultNetConf's Network.
 const DefaultClusterCIDR = "10.244.0.0/16"
 
+// ToolboxDaemonSet runs one toolbox pod (busybox: sleep, ping, ...) on
+// every real node, in the pod network, in namespace default.
+const ToolboxDaemonSet = `apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: toolbox
+  namespace: default
+spec:
+  selector:
+    matchLabels:
+      app: toolbox
+  template:
+    metadata:
+      labels:
+        app: toolbox
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: toolbox
+          image: ` + ToolboxImage + `
+          command: ["sleep", "100000"]
+`
+
 // StartKubeControllers starts kube-controller-manager (node IPAM with
 // --allocate-node-cidrs from clusterCIDR, /24 per node; the DaemonSet,
 // Deployment, ReplicaSet, service-account and root-CA controllers, ...)
