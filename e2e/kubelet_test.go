@@ -86,6 +86,11 @@ func (c *realCluster) waitFlannelReady(t *testing.T, ns, image string) {
 		var states []string
 		for _, p := range pods {
 			ok := p.DeletionTimestamp == nil && podReady(p) && p.Spec.Containers[0].Image == image
+			for _, cs := range p.Status.ContainerStatuses {
+				if cs.RestartCount > 0 {
+					return fmt.Errorf("flannel pod %s on %s: container %s restarted %d times", p.Name, p.Spec.NodeName, cs.Name, cs.RestartCount)
+				}
+			}
 			ready[p.Spec.NodeName] = ready[p.Spec.NodeName] || ok
 			states = append(states, fmt.Sprintf("%s on %s: %s ready=%v image=%s", p.Name, p.Spec.NodeName, p.Status.Phase, podReady(p), p.Spec.Containers[0].Image))
 		}
