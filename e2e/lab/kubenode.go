@@ -25,7 +25,7 @@ import (
 var nodePrivateDirs = []string{
 	"/run/flannel", "/etc/cni/net.d", "/opt/cni/bin", "/var/lib/kubelet",
 	"/var/lib/cni", "/run/netns", "/run/containerd", "/var/log/pods",
-	"/var/log/containers", "/var/lib/containerd", "/etc/kube-flannel",
+	"/var/log/containers", "/var/lib/containerd",
 }
 
 // Images the lab's nodes import (hack/build-lab-images.sh).
