@@ -58,7 +58,12 @@ bin/lab-pause: e2e/lab/pause/main.go
 $(LAB_IMAGES) &: bin/lab-pause hack/build-lab-images.sh
 	hack/build-lab-images.sh
 
-lab-binaries: bin/kube-apiserver $(KUBE_BINARIES) $(CNI_PLUGINS) bin/cnitool $(LAB_IMAGES)
+# The reference wireguard-go (the wireguard interop test's upstream-style
+# node), the version go.mod pins.
+bin/wireguard-go: go.mod go.sum
+	CGO_ENABLED=0 $(GO) build -trimpath -o $@ golang.zx2c4.com/wireguard
+
+lab-binaries: bin/kube-apiserver $(KUBE_BINARIES) $(CNI_PLUGINS) bin/cnitool $(LAB_IMAGES) bin/wireguard-go
 
 # Debian packages the tests use (etcd, iptables, iproute2, ping, tcpdump).
 deps:

@@ -66,6 +66,32 @@ type Forwarder interface {
 	Dropped() map[string]uint64
 }
 
+// Runner is implemented by a backend that runs something inside flanneld
+// for as long as flanneld runs (wireguard's userspace device). The daemon
+// runs Run from before Setup until ctx ends; what it runs stops with
+// flanneld. An error means the backend broke down and flanneld must exit.
+type Runner interface {
+	Run(ctx context.Context) error
+}
+
+// Implementation is implemented by a backend that tells where its
+// datapath runs ("kernel" or "userspace"), for the flanneld_backend_info
+// metric. Without it, a Forwarder's is "userspace", any other "kernel".
+type Implementation interface {
+	Implementation() string
+}
+
+// ImplementationOf returns where be's datapath runs.
+func ImplementationOf(be Backend) string {
+	if i, ok := be.(Implementation); ok {
+		return i.Implementation()
+	}
+	if _, ok := be.(Forwarder); ok {
+		return "userspace"
+	}
+	return "kernel"
+}
+
 // MTUFollower is implemented by a backend whose MTU follows the external
 // interface's: when the underlay's MTU changes, the daemon calls
 // SetUnderlayMTU from the sync loop, then Setup, which gives the devices
@@ -189,9 +215,20 @@ type Factory func(p Params) (Backend, error)
 // Registry maps backend type names to their factories.
 type Registry map[string]Factory
 
+// Unsupported are upstream's backend types this flanneld does not
+// implement, with the reason.
+var Unsupported = map[string]string{
+	"ipip":  "it needs the kernel's ipip link type, which the kernels this flanneld is built and tested on lack; use vxlan (or host-gw on one L2 segment)",
+	"ipsec": "it needs strongSwan's charon daemon next to flanneld; use wireguard for encryption",
+}
+
 // New builds the backend named by p.Config.BackendType.
 func (r Registry) New(p Params) (Backend, error) {
 	f, ok := r[p.Config.BackendType]
+	if why, unsupported := Unsupported[p.Config.BackendType]; !ok && unsupported {
+		return nil, fmt.Errorf("backend type %q is not supported by this flanneld: %s (supported: %s)", p.Config.BackendType, why,
+			strings.Join(slices.Sorted(maps.Keys(r)), ", "))
+	}
 	if !ok {
 		return nil, fmt.Errorf("unknown backend type %q (known: %s)", p.Config.BackendType,
 			strings.Join(slices.Sorted(maps.Keys(r)), ", "))

@@ -18,9 +18,12 @@ type State struct {
 	Routes []kernel.Route
 	Neighs []kernel.Neigh
 	FDBs   []kernel.FDB
-	// OwnedLinks are the devices flanneld owns entirely (flannel.1): every
-	// permanent neighbour and FDB entry on them, and every route through
-	// them, that is not desired is removed. Elsewhere only routes marked
+	// WGPeers are peers of WireGuard devices.
+	WGPeers []kernel.WGPeer
+	// OwnedLinks are the devices flanneld owns entirely (flannel.1,
+	// flannel-wg): every permanent neighbour and FDB entry on them, every
+	// WireGuard peer of them, and every route through them, that is not
+	// desired is removed. Elsewhere only routes marked
 	// with kernel.RouteProtocol are considered flanneld's.
 	OwnedLinks []int
 }
@@ -30,6 +33,7 @@ func (s *State) Merge(o State) {
 	s.Routes = append(s.Routes, o.Routes...)
 	s.Neighs = append(s.Neighs, o.Neighs...)
 	s.FDBs = append(s.FDBs, o.FDBs...)
+	s.WGPeers = append(s.WGPeers, o.WGPeers...)
 	s.OwnedLinks = append(s.OwnedLinks, o.OwnedLinks...)
 }
 
@@ -40,7 +44,7 @@ type Result struct {
 	// Repaired describes entries flanneld had installed that the kernel had
 	// lost or changed (drift), e.g. "route 10.244.2.0/24 ...: missing".
 	Repaired []string
-	// Kinds counts repairs by kind ("route", "neighbour", "fdb").
+	// Kinds counts repairs by kind ("route", "neighbour", "fdb", "wgpeer").
 	Kinds map[string]int
 	// Failures are the entries that failed for the first time (or with
 	// another error than before) in this pass: each is reported once, and
@@ -57,7 +61,8 @@ type Result struct {
 
 // EntryFailure is one kernel entry that could not be applied.
 type EntryFailure struct {
-	// Kind is "route", "neighbour" or "fdb"; Entry describes the entry.
+	// Kind is "route", "neighbour", "fdb" or "wgpeer"; Entry describes
+	// the entry.
 	Kind, Entry string
 	// Owner is the peer that wants the entry ("" for the backend's own).
 	Owner string
@@ -119,6 +124,7 @@ type Reconciler struct {
 	routes     table[kernel.RouteKey, kernel.Route]
 	neighs     table[kernel.NeighKey, kernel.Neigh]
 	fdbs       table[kernel.FDBKey, kernel.FDB]
+	wgpeers    table[kernel.WGPeerKey, kernel.WGPeer]
 }
 
 // NewReconciler returns a Reconciler programming k, with nothing desired.
@@ -130,6 +136,7 @@ func NewReconciler(k kernel.Interface) *Reconciler {
 	r.routes = newTable("route", &r.amu, k.AddRoute, k.SetRoute, k.DelRoute, routeLess)
 	r.neighs = newTable("neighbour", &r.amu, k.SetNeigh, k.SetNeigh, k.DelNeigh, neighLess)
 	r.fdbs = newTable("fdb", &r.amu, k.SetFDB, k.SetFDB, k.DelFDB, fdbLess)
+	r.wgpeers = newTable("wgpeer", &r.amu, k.SetWGPeer, k.SetWGPeer, k.DelWGPeer, wgPeerLess)
 	return r
 }
 
@@ -154,6 +161,13 @@ func fdbLess(a, b kernel.FDBKey) int {
 	return slices.Compare(a.MAC[:], b.MAC[:])
 }
 
+func wgPeerLess(a, b kernel.WGPeerKey) int {
+	if c := cmp.Compare(a.LinkIndex, b.LinkIndex); c != 0 {
+		return c
+	}
+	return slices.Compare(a.PublicKey[:], b.PublicKey[:])
+}
+
 func (r *Reconciler) want(owner string, s State) {
 	for _, rt := range s.Routes {
 		rt.Protocol = kernel.RouteProtocol
@@ -164,6 +178,9 @@ func (r *Reconciler) want(owner string, s State) {
 	}
 	for _, f := range s.FDBs {
 		r.fdbs.want(owner, f.Key(), f)
+	}
+	for _, p := range s.WGPeers {
+		r.wgpeers.want(owner, p.Key(), p)
 	}
 }
 
@@ -182,6 +199,11 @@ func (r *Reconciler) unwant(owner string, old, keep State) {
 	for _, f := range old.FDBs {
 		if !slices.ContainsFunc(keep.FDBs, func(o kernel.FDB) bool { return o.Key() == f.Key() }) {
 			r.fdbs.unwant(owner, f.Key())
+		}
+	}
+	for _, p := range old.WGPeers {
+		if !slices.ContainsFunc(keep.WGPeers, func(o kernel.WGPeer) bool { return o.Key() == p.Key() }) {
+			r.wgpeers.unwant(owner, p.Key())
 		}
 	}
 }
@@ -217,6 +239,11 @@ func (r *Reconciler) Conflict(owner string, st State) (other, entry string, ok b
 			return h, "fdb entry for " + f.MAC.String(), true
 		}
 	}
+	for _, p := range st.WGPeers {
+		if h, ok := r.wgpeers.conflict(owner, p.Key()); ok {
+			return h, "WireGuard peer with public key " + p.PublicKey.String(), true
+		}
+	}
 	return "", "", false
 }
 
@@ -234,7 +261,9 @@ func (r *Reconciler) SetOwnedLinks(links []int) {
 // synced, or it would prune live peers.
 //
 // Entries are added before stale ones are removed, and for each peer the
-// neighbour and FDB entry go in before the route that uses them. An entry
+// WireGuard peer, neighbour and FDB entry go in before the route that uses
+// them. WireGuard peers have no change notifications: a full pass repairs
+// them. An entry
 // that fails is reported in the Result and retried with backoff; the error
 // is only for what stops the whole pass (the kernel cannot be read).
 func (r *Reconciler) Apply(full bool) (Result, error) {
@@ -250,16 +279,19 @@ func (r *Reconciler) Apply(full bool) (Result, error) {
 	}
 	r.takeNotes(full)
 	routeKeys, neighKeys, fdbKeys := r.routes.keys(snap.Routes), r.neighs.keys(snap.Neighs), r.fdbs.keys(snap.FDBs)
+	wgKeys := r.wgpeers.keys(snap.WGPeers)
 
 	var res Result
 	now := r.now()
+	r.wgpeers.add(wgKeys, snap.WGPeers, now, &res)
 	r.neighs.add(neighKeys, snap.Neighs, now, &res)
 	r.fdbs.add(fdbKeys, snap.FDBs, now, &res)
 	r.routes.add(routeKeys, snap.Routes, now, &res)
 	r.routes.remove(routeKeys, snap.Routes, now, &res)
 	r.fdbs.remove(fdbKeys, snap.FDBs, now, &res)
 	r.neighs.remove(neighKeys, snap.Neighs, now, &res)
-	res.Failing = len(r.routes.failed) + len(r.neighs.failed) + len(r.fdbs.failed)
+	r.wgpeers.remove(wgKeys, snap.WGPeers, now, &res)
+	res.Failing = len(r.routes.failed) + len(r.neighs.failed) + len(r.fdbs.failed) + len(r.wgpeers.failed)
 	return res, nil
 }
 
@@ -271,6 +303,7 @@ func (r *Reconciler) takeNotes(full bool) {
 	r.routes.takeSuspects(full)
 	r.neighs.takeSuspects(full)
 	r.fdbs.takeSuspects(full)
+	r.wgpeers.takeSuspects(full)
 	for k := range r.retryNow {
 		if f := r.routes.failed[k]; f != nil {
 			f.next = time.Time{}

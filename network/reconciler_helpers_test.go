@@ -7,6 +7,7 @@ func (r *Reconciler) Sync(desired State, full bool) (Result, error) {
 	r.routes.clearDesired()
 	r.neighs.clearDesired()
 	r.fdbs.clearDesired()
+	r.wgpeers.clearDesired()
 	r.mu.Unlock()
 	r.SetOwnedLinks(desired.OwnedLinks)
 	r.Update("", State{}, desired)

@@ -12,16 +12,19 @@ type Snapshot struct {
 	Routes map[kernel.RouteKey]kernel.Route
 	Neighs map[kernel.NeighKey]kernel.Neigh
 	FDBs   map[kernel.FDBKey]kernel.FDB
+	// WGPeers are the peers of owned WireGuard devices.
+	WGPeers map[kernel.WGPeerKey]kernel.WGPeer
 }
 
 // ReadOwned reads flanneld's entries from the kernel: routes with its
 // protocol or through an owned link, and the permanent neighbour and FDB
-// entries of owned links.
+// entries and the WireGuard peers of owned links.
 func ReadOwned(k kernel.Interface, ownedLinks []int) (Snapshot, error) {
 	s := Snapshot{
-		Routes: map[kernel.RouteKey]kernel.Route{},
-		Neighs: map[kernel.NeighKey]kernel.Neigh{},
-		FDBs:   map[kernel.FDBKey]kernel.FDB{},
+		Routes:  map[kernel.RouteKey]kernel.Route{},
+		Neighs:  map[kernel.NeighKey]kernel.Neigh{},
+		FDBs:    map[kernel.FDBKey]kernel.FDB{},
+		WGPeers: map[kernel.WGPeerKey]kernel.WGPeer{},
 	}
 	all, err := k.ListRoutes()
 	if err != nil {
@@ -46,6 +49,13 @@ func ReadOwned(k kernel.Interface, ownedLinks []int) (Snapshot, error) {
 		}
 		for _, f := range fs {
 			s.FDBs[f.Key()] = f
+		}
+		ps, err := k.ListWGPeers(link)
+		if err != nil {
+			return s, err
+		}
+		for _, p := range ps {
+			s.WGPeers[p.Key()] = p
 		}
 	}
 	return s, nil
@@ -78,6 +88,11 @@ func (s Snapshot) NeighStatus(n kernel.Neigh) string {
 // FDBStatus is RouteStatus for an FDB entry.
 func (s Snapshot) FDBStatus(f kernel.FDB) string {
 	return entryStatus(s.FDBs, f.Key(), f)
+}
+
+// WGPeerStatus is RouteStatus for a WireGuard peer.
+func (s Snapshot) WGPeerStatus(p kernel.WGPeer) string {
+	return entryStatus(s.WGPeers, p.Key(), p)
 }
 
 func entryStatus[K comparable, V comparable](m map[K]V, k K, want V) string {
@@ -120,6 +135,15 @@ func (s Snapshot) Stale(desired State) []string {
 	for k, f := range s.FDBs {
 		if !wantF[k] {
 			out = append(out, "fdb "+f.String())
+		}
+	}
+	wantW := map[kernel.WGPeerKey]bool{}
+	for _, p := range desired.WGPeers {
+		wantW[p.Key()] = true
+	}
+	for k, p := range s.WGPeers {
+		if !wantW[k] {
+			out = append(out, "wgpeer "+p.String())
 		}
 	}
 	slices.Sort(out)

@@ -28,7 +28,7 @@ const (
 // defaultBackends are measured when FLANNELD_BENCH_BACKENDS is unset. Any
 // backend type flanneld knows can be named there (e.g. udp): the
 // benchmark only writes it into net-conf.json.
-const defaultBackends = "vxlan,host-gw,udp"
+const defaultBackends = "vxlan,host-gw,udp,wireguard"
 
 const (
 	readyTimeout = 60 * time.Second
@@ -233,6 +233,12 @@ func startFlanneld(t *testing.T, l *lab.Lab, nodes []*lab.Node, backendType stri
 		return err
 	}
 	for _, n := range nodes {
+		if backendType == "wireguard" {
+			// Its own key file and /run/wireguard per node (userspace
+			// devices' UAPI sockets).
+			l.StartFlanneldWG(t, n, "--net-config-path="+confPath)
+			continue
+		}
 		l.StartFlanneld(t, n, "--net-config-path="+confPath)
 	}
 	for _, n := range nodes {

@@ -32,6 +32,9 @@ var (
 	BinaryKubeScheduler         = Binary{Env: "KUBE_SCHEDULER", Relative: "bin/kube-scheduler"}
 	BinaryKubectl               = Binary{Env: "KUBECTL", Relative: "bin/kubectl"}
 	BinaryContainerd            = Binary{Env: "CONTAINERD", Absolute: "/usr/bin/containerd"}
+
+	// The reference userspace WireGuard (wireguard interop test).
+	BinaryWireGuardGo = Binary{Env: "WIREGUARD_GO", Relative: "bin/wireguard-go"}
 )
 
 // RequireBinary returns the path of b, failing the test with a hint when the

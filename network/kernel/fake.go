@@ -15,6 +15,7 @@ type Fake struct {
 	Routes map[RouteKey]Route
 	Neighs map[NeighKey]Neigh
 	FDBs   map[FDBKey]FDB
+	WG     map[WGPeerKey]WGPeer
 	// Calls lists the mutating calls in order, e.g. "SetRoute 10.244.2.0/24 via ...".
 	Calls []string
 	// FailSet, when it returns a non-nil error for a call description,
@@ -26,7 +27,7 @@ var _ Interface = (*Fake)(nil)
 
 // NewFake returns an empty Fake.
 func NewFake() *Fake {
-	return &Fake{Routes: map[RouteKey]Route{}, Neighs: map[NeighKey]Neigh{}, FDBs: map[FDBKey]FDB{}}
+	return &Fake{Routes: map[RouteKey]Route{}, Neighs: map[NeighKey]Neigh{}, FDBs: map[FDBKey]FDB{}, WG: map[WGPeerKey]WGPeer{}}
 }
 
 func (f *Fake) record(call string) error {
@@ -59,6 +60,9 @@ func (f *Fake) Dump() string {
 	}
 	for _, e := range f.FDBs {
 		lines = append(lines, "fdb "+e.String())
+	}
+	for _, p := range f.WG {
+		lines = append(lines, "wgpeer "+p.String())
 	}
 	slices.Sort(lines)
 	return strings.Join(lines, "\n")
@@ -184,5 +188,43 @@ func (f *Fake) DelFDB(e FDB) error {
 		return fmt.Errorf("delete FDB entry %s: %w", e, ErrNotFound)
 	}
 	delete(f.FDBs, e.Key())
+	return nil
+}
+
+// ListWGPeers implements Interface.
+func (f *Fake) ListWGPeers(linkIndex int) ([]WGPeer, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []WGPeer
+	for _, p := range f.WG {
+		if p.LinkIndex == linkIndex {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// SetWGPeer implements Interface.
+func (f *Fake) SetWGPeer(p WGPeer) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.record("SetWGPeer " + p.String()); err != nil {
+		return err
+	}
+	f.WG[p.Key()] = p
+	return nil
+}
+
+// DelWGPeer implements Interface.
+func (f *Fake) DelWGPeer(p WGPeer) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.record("DelWGPeer " + p.String()); err != nil {
+		return err
+	}
+	if _, ok := f.WG[p.Key()]; !ok {
+		return fmt.Errorf("delete WireGuard peer %s: %w", p, ErrNotFound)
+	}
+	delete(f.WG, p.Key())
 	return nil
 }

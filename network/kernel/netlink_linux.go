@@ -14,14 +14,19 @@ import (
 
 // Netlink implements Interface over a *netlink.Handle.
 type Netlink struct {
-	h *netlink.Handle
+	h  *netlink.Handle
+	wg *WGClient
 }
 
 var _ Interface = (*Netlink)(nil)
 
 // NewNetlink returns an Interface that programs the network namespace h was
 // opened in.
-func NewNetlink(h *netlink.Handle) *Netlink { return &Netlink{h: h} }
+func NewNetlink(h *netlink.Handle) *Netlink { return &Netlink{h: h, wg: &WGClient{}} }
+
+// NewNetlinkWG is NewNetlink with the WireGuard client to use (one per
+// process is enough).
+func NewNetlinkWG(h *netlink.Handle, wg *WGClient) *Netlink { return &Netlink{h: h, wg: wg} }
 
 // wrapDel maps "already gone" errors of a delete to ErrNotFound.
 func wrapDel(what string, obj fmt.Stringer, err error) error {

@@ -1,5 +1,5 @@
 // Package kernel is flanneld's narrow view of the kernel's forwarding state:
-// plain values for routes, neighbours and FDB entries, the Interface the
+// plain values for routes, neighbours, FDB entries and WireGuard peers, the Interface the
 // reconciler programs them through, a netlink implementation over a
 // *netlink.Handle, and an in-memory Fake for unit tests.
 package kernel
@@ -153,4 +153,12 @@ type Interface interface {
 	ListFDB(linkIndex int) ([]FDB, error)
 	SetFDB(FDB) error
 	DelFDB(FDB) error
+
+	// ListWGPeers returns the peers of a WireGuard device, and nothing
+	// for a link that is not one.
+	ListWGPeers(linkIndex int) ([]WGPeer, error)
+	// SetWGPeer adds or updates a peer (its endpoint, allowed IPs,
+	// keepalive and pre-shared key replace the device's).
+	SetWGPeer(WGPeer) error
+	DelWGPeer(WGPeer) error
 }

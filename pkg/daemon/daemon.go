@@ -20,6 +20,7 @@ import (
 	"github.com/flanneld/flanneld/backend/hostgw"
 	"github.com/flanneld/flanneld/backend/udp"
 	"github.com/flanneld/flanneld/backend/vxlan"
+	"github.com/flanneld/flanneld/backend/wireguard"
 	"github.com/flanneld/flanneld/ip"
 	"github.com/flanneld/flanneld/network"
 	"github.com/flanneld/flanneld/network/kernel"
@@ -36,6 +37,7 @@ func Backends() backend.Registry {
 		udp.Type:       udp.New,
 		alloc.Type:     alloc.New,
 		extension.Type: extension.New,
+		wireguard.Type: wireguard.New,
 	}
 }
 
@@ -89,6 +91,7 @@ func run(ctx context.Context, o Options) error {
 	if err := serveHealth(gctx, g, o, status, m); err != nil {
 		return stop(err)
 	}
+	startRunner(gctx, g, be)
 	// 2-5. The lease watch, the device, the lease.
 	peers := subnet.NewPeers()
 	if err := src.Start(gctx, peers); err != nil {
@@ -100,6 +103,9 @@ func run(ctx context.Context, o Options) error {
 	if err != nil {
 		return stop(err)
 	}
+	impl := backend.ImplementationOf(be)
+	m.BackendInfo.WithLabelValues(src.config.BackendType, impl).Set(1)
+	klog.InfoS("Backend datapath", "backend", src.config.BackendType, "implementation", impl)
 	// 6. Stale devices, the forwarder, the firewall, subnet.env.
 	if err := prepareNode(gctx, g, h, o, src.config, be, lease, m); err != nil {
 		return stop(err)
@@ -299,6 +305,21 @@ func startForwarder(ctx context.Context, g *errgroup.Group, be backend.Backend, 
 		return nil
 	})
 	return nil
+}
+
+// startRunner runs in g what a backend runs inside flanneld (wireguard's
+// userspace device) until ctx ends; its failure stops flanneld.
+func startRunner(ctx context.Context, g *errgroup.Group, be backend.Backend) {
+	r, ok := be.(backend.Runner)
+	if !ok {
+		return
+	}
+	g.Go(func() error {
+		if err := r.Run(ctx); err != nil && ctx.Err() == nil {
+			return fmt.Errorf("backend: %w", err)
+		}
+		return nil
+	})
 }
 
 // startFirewall installs the masquerade and forward rules of every address

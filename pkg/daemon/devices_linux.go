@@ -12,8 +12,9 @@ import (
 )
 
 // flannelDevice matches the names of the devices flannel backends create:
-// flannel.<VNI> and flannel-v6.<VNI> (vxlan) and flannel0 (udp).
-var flannelDevice = regexp.MustCompile(`^(flannel\.[0-9]+|flannel-v6\.[0-9]+|flannel0)$`)
+// flannel.<VNI> and flannel-v6.<VNI> (vxlan), flannel0 (udp), flannel-wg
+// and flannel-wg-v6 (wireguard).
+var flannelDevice = regexp.MustCompile(`^(flannel\.[0-9]+|flannel-v6\.[0-9]+|flannel0|flannel-wg|flannel-wg-v6)$`)
 
 // removeStaleDevices deletes the devices of other flannel backends (or of
 // another VNI) than the running one, left by a previous run with another
@@ -28,7 +29,7 @@ func removeStaleDevices(h *netlink.Handle, keep []int) error {
 		if !flannelDevice.MatchString(a.Name) || slices.Contains(keep, a.Index) {
 			continue
 		}
-		if t := link.Type(); t != "vxlan" && t != "tuntap" && t != "tun" {
+		if t := link.Type(); t != "vxlan" && t != "tuntap" && t != "tun" && t != "wireguard" {
 			continue
 		}
 		klog.InfoS("Removing the device of another backend configuration", "device", a.Name, "type", link.Type())

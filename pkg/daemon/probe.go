@@ -39,7 +39,7 @@ const (
 // nothing, nor extension, whose datapath flanneld does not know).
 func probed(backendType string) bool {
 	switch backendType {
-	case "vxlan", "host-gw", "udp":
+	case "vxlan", "host-gw", "udp", "wireguard":
 		return true
 	}
 	return false

@@ -333,6 +333,11 @@ func (b *builder) peers() error {
 				return snap.FDBs[f.Key()].String()
 			}))
 		}
+		for _, w := range st.WGPeers {
+			pr.Entries = append(pr.Entries, b.entry("wgpeer", w.String(), snap.WGPeerStatus(w), func() string {
+				return snap.WGPeers[w.Key()].String()
+			}))
+		}
 		for _, e := range pr.Entries {
 			if e.Status != StatusOK {
 				msg := fmt.Sprintf("peer %s: %s %s: %s", p.Name, e.Kind, e.Want, e.Status)

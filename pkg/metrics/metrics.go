@@ -54,8 +54,14 @@ type Metrics struct {
 	// LastSync is the time of the last successful pass.
 	LastSync prometheus.Gauge
 
-	// DriftRepairs counts repairs by kind: route, neighbour, fdb, device, rule.
+	// DriftRepairs counts repairs by kind: route, neighbour, fdb, wgpeer,
+	// device, rule.
 	DriftRepairs *prometheus.CounterVec
+
+	// BackendInfo is 1, labelled with the backend type and where its
+	// datapath runs: implementation "kernel" or "userspace" (udp, and
+	// wireguard on a kernel without WireGuard).
+	BackendInfo *prometheus.GaugeVec
 
 	// Lease is 1 with the subnet as a label; LeaseExpiry is the lease's
 	// expiry time (etcd mode).
@@ -69,7 +75,7 @@ type Metrics struct {
 }
 
 // DriftKinds are the values of the DriftRepairs "kind" label.
-var DriftKinds = []string{"route", "neighbour", "fdb", "device", "rule"}
+var DriftKinds = []string{"route", "neighbour", "fdb", "wgpeer", "device", "rule"}
 
 // New creates the metrics and registers them, with build info and the Go
 // and process collectors, in a new registry.
@@ -108,6 +114,8 @@ func New(version string) *Metrics {
 			Help: "Time of the last successful reconcile pass."}),
 		DriftRepairs: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "drift_repairs_total",
 			Help: "Entries flanneld found deleted or changed by someone else and restored, by kind."}, []string{"kind"}),
+		BackendInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "backend_info",
+			Help: "The backend in use: 1, labelled with its type and where its datapath runs (kernel or userspace)."}, []string{"type", "implementation"}),
 		Lease: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "lease",
 			Help: "This node's lease: 1, with the subnet as a label."}, []string{"subnet"}),
 		LeaseExpiry: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "lease_expiry_timestamp_seconds",
@@ -123,7 +131,7 @@ func New(version string) *Metrics {
 	buildInfo.Set(1)
 	m.Registry.MustRegister(buildInfo, m.PeersKnown, m.PeersProgrammed, m.PeersSkipped, m.PeersRejected, m.EntryFailures, m.EntriesFailing,
 		m.PeersProbed, m.PeersUnreachable, m.ProbeRTT, m.Probes,
-		m.SyncPasses, m.SyncDuration, m.SyncErrors, m.LastSync, m.DriftRepairs,
+		m.SyncPasses, m.SyncDuration, m.SyncErrors, m.LastSync, m.DriftRepairs, m.BackendInfo,
 		m.Lease, m.LeaseExpiry, m.WatchEvents, m.LastWatchSync,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Every label value exists from the start, so rates work from the first scrape.
@@ -137,7 +145,7 @@ func New(version string) *Metrics {
 	for _, r := range subnet.SkipReasons {
 		m.PeersRejected.WithLabelValues(string(r))
 	}
-	for _, k := range []string{"route", "neighbour", "fdb"} {
+	for _, k := range []string{"route", "neighbour", "fdb", "wgpeer"} {
 		for _, r := range []string{"refused", "conflict"} {
 			m.EntryFailures.WithLabelValues(k, r)
 		}
