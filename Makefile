@@ -24,8 +24,13 @@ bin/flannel: FORCE
 # (e2e/tools), so the daemon's go.mod stays free of k8s.io/kubernetes. It
 # takes about five minutes on two cores and is rebuilt only when its pinned
 # version changes.
+# The pinned version, stamped into the binaries as a release build would
+# (kube-apiserver's admission needs the minor version when it is stamped).
 KUBE_VERSION = $(shell cd e2e/tools && $(GO) list -m -f '{{.Version}}' k8s.io/kubernetes)
-KUBE_LDFLAGS = -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) -X k8s.io/component-base/version.gitMajor=1
+KUBE_VERSION_PARTS = $(subst ., ,$(patsubst v%,%,$(KUBE_VERSION)))
+KUBE_LDFLAGS = -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
+	-X k8s.io/component-base/version.gitMajor=$(word 1,$(KUBE_VERSION_PARTS)) \
+	-X k8s.io/component-base/version.gitMinor=$(word 2,$(KUBE_VERSION_PARTS))
 bin/kube-apiserver: e2e/tools/go.mod e2e/tools/go.sum
 	cd e2e/tools && $(GO) build -ldflags "$(KUBE_LDFLAGS)" -o ../../bin/kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
 

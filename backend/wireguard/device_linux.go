@@ -97,6 +97,7 @@ func (b *Backend) ensureDevice(d *device) error {
 		return fmt.Errorf("the kernel has no WireGuard, and the userspace device failed: %w", err)
 	}
 	d.user, d.linkIndex = u, u.index
+	b.reprimeAll()
 	klog.InfoS("Created WireGuard device", "device", d.name, "implementation", ImplUserspace, "mtu", b.mtu,
 		"reason", "the kernel has no wireguard link type; flanneld runs the device (it lives as long as flanneld)")
 	return nil

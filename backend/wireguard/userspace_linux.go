@@ -2,11 +2,10 @@ package wireguard
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
-	"strings"
+	"slices"
 	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
@@ -14,6 +13,9 @@ import (
 	"golang.zx2c4.com/wireguard/ipc"
 	"golang.zx2c4.com/wireguard/tun"
 	"k8s.io/klog/v2"
+
+	"github.com/flanneld/flanneld/network/kernel"
+	"github.com/flanneld/flanneld/subnet"
 )
 
 // userDevice is a WireGuard device run by flanneld (wireguard-go) on a TUN
@@ -25,8 +27,6 @@ type userDevice struct {
 	index int
 	dev   *wgdevice.Device
 	uapi  net.Listener
-	// primed are the peers a handshake was started with (see prime).
-	primed map[wgdevice.NoisePublicKey]bool
 }
 
 // newUserDevice creates the TUN (with its GSO/GRO offloads) and the
@@ -59,7 +59,7 @@ func newUserDevice(name string, mtu int) (*userDevice, error) {
 		dev.Close()
 		return nil, fmt.Errorf("listen on the UAPI socket of %s: %w", name, err)
 	}
-	u := &userDevice{name: name, index: index, dev: dev, uapi: l, primed: map[wgdevice.NoisePublicKey]bool{}}
+	u := &userDevice{name: name, index: index, dev: dev, uapi: l}
 	go u.serve()
 	return u, nil
 }
@@ -104,47 +104,78 @@ func (u *userDevice) close() {
 	u.dev.Close()
 }
 
-// prime starts a handshake with each peer added to the device since the
-// last call. A new device (flanneld restarted) has no session with its
-// peers, while they still have one with the device that went away: they
-// keep sending with it, and their packets are dropped until they give up
-// on it (after 15 s without an answer), unless this side starts a new
-// handshake at once. A keepalive does that.
-func (u *userDevice) prime() {
-	cfg, err := u.dev.IpcGet()
-	if err != nil {
-		return
+// prime starts a handshake with the peer of public key k, once the
+// reconciler has added it to the device, and reports whether it has. A new
+// device (flanneld restarted) has no session with its peers, while they
+// still have one with the device that went away: they keep sending with
+// it, and their packets are dropped until they give up on it (after 15 s
+// without an answer), unless this side starts a new handshake at once. A
+// keepalive does that.
+func (u *userDevice) prime(k kernel.WGKey) bool {
+	peer := u.dev.LookupPeer(wgdevice.NoisePublicKey(k))
+	if peer == nil {
+		return false
 	}
-	seen := map[wgdevice.NoisePublicKey]bool{}
-	for _, line := range strings.Split(cfg, "\n") {
-		hexKey, ok := strings.CutPrefix(line, "public_key=")
-		if !ok {
-			continue
-		}
-		var pk wgdevice.NoisePublicKey
-		if b, err := hex.DecodeString(hexKey); err != nil || len(b) != len(pk) {
-			continue
-		} else {
-			copy(pk[:], b)
-		}
-		seen[pk] = true
-		if u.primed[pk] {
-			continue
-		}
-		if peer := u.dev.LookupPeer(pk); peer != nil {
-			peer.SendKeepalive()
-			u.primed[pk] = true
-		}
-	}
-	for pk := range u.primed {
-		if !seen[pk] {
-			delete(u.primed, pk)
-		}
-	}
+	peer.SendKeepalive()
+	return true
 }
 
 // primeInterval is how often new peers of userspace devices are looked for.
 const primeInterval = 250 * time.Millisecond
+
+// SetPeer implements backend.PeerTracker: the keys of a peer the sync loop
+// programs are primed on the userspace devices (prime) once they are
+// there; each tick looks only at the keys not primed yet.
+func (b *Backend) SetPeer(name string, lease *subnet.Lease) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.unprimed, name)
+	delete(b.known, name)
+	if lease == nil {
+		return
+	}
+	fams, err := b.parsePeer(*lease)
+	if err != nil {
+		return
+	}
+	var keys []primeTarget
+	for _, f := range fams {
+		keys = append(keys, primeTarget{b.deviceFor(f.IPv6), f.key})
+	}
+	b.known[name] = keys
+	b.unprimed[name] = slices.Clone(keys)
+}
+
+// primeTarget is a peer's public key on the device that has it.
+type primeTarget struct {
+	dev *device
+	key kernel.WGKey
+}
+
+// reprimeAll marks every known peer unprimed: a new userspace device has
+// no session with anyone. Callers hold b.mu.
+func (b *Backend) reprimeAll() {
+	for name, keys := range b.known {
+		b.unprimed[name] = slices.Clone(keys)
+	}
+}
+
+// primePending primes the unprimed keys the reconciler has put on their
+// devices (kernel devices need no priming: they outlive flanneld). Callers
+// hold b.mu.
+func (b *Backend) primePending() {
+	for name, keys := range b.unprimed {
+		keys = slices.DeleteFunc(keys, func(p primeTarget) bool {
+			u := p.dev.user
+			return u == nil || (u.alive() && u.prime(p.key))
+		})
+		if len(keys) == 0 {
+			delete(b.unprimed, name)
+		} else {
+			b.unprimed[name] = keys
+		}
+	}
+}
 
 // Run implements backend.Runner: it keeps the userspace devices' sessions
 // primed, and closes the devices when ctx ends (a kernel device stays).
@@ -158,11 +189,7 @@ func (b *Backend) Run(ctx context.Context) error {
 			return nil
 		case <-tick.C:
 			b.mu.Lock()
-			for _, d := range b.devs {
-				if d.user != nil && d.user.alive() {
-					d.user.prime()
-				}
-			}
+			b.primePending()
 			b.mu.Unlock()
 		}
 	}

@@ -63,15 +63,19 @@ type Backend struct {
 
 	private, public kernel.WGKey // loaded by Setup
 
-	// mu guards the devices' userspace parts, shared by Setup (the sync
-	// loop) and Run.
+	// mu guards the devices' userspace parts and the peers' keys, shared
+	// by the sync loop (Setup, SetPeer) and Run.
 	mu sync.Mutex
+	// known are the public keys of the programmed peers, by name;
+	// unprimed those not yet primed on the userspace devices (see prime).
+	known, unprimed map[string][]primeTarget
 }
 
 var (
 	_ backend.Backend     = (*Backend)(nil)
 	_ backend.MTUFollower = (*Backend)(nil)
 	_ backend.Runner      = (*Backend)(nil)
+	_ backend.PeerTracker = (*Backend)(nil)
 )
 
 // New validates the options; it does not touch the kernel.
@@ -100,7 +104,8 @@ func New(p backend.Params) (backend.Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("wireguard: interface %s: %w", p.ExtIface.Name, err)
 	}
-	b := &Backend{opts: opts, ext: p.ExtIface, h: p.Handle, wg: &kernel.WGClient{}, keyFile: KeyFile(), mtu: mtu}
+	b := &Backend{opts: opts, ext: p.ExtIface, h: p.Handle, wg: &kernel.WGClient{}, keyFile: KeyFile(), mtu: mtu,
+		known: map[string][]primeTarget{}, unprimed: map[string][]primeTarget{}}
 	if ipv4 {
 		b.network = p.Config.Network.Masked()
 	}

@@ -255,3 +255,34 @@ func TestAdvertisedData(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestPrimeBookkeeping checks which peers' keys wait to be primed: those
+// the sync loop programs, one per device of the peer's families, until
+// primed (at once on kernel devices, which need none); a dropped peer's
+// go.
+func TestPrimeBookkeeping(t *testing.T) {
+	b := testBackend(t, netConf(dualNet, `{"Type":"wireguard"}`))
+	lease := wgLease("n2", dual)
+	b.SetPeer("n2", &lease)
+	if got := b.unprimed["n2"]; len(got) != 2 || got[0].dev != b.devs[0] || got[1].dev != b.devs[1] || got[0].key.String() != key2 {
+		t.Fatalf("unprimed after SetPeer: %+v", got)
+	}
+	b.primePending()
+	if len(b.unprimed) != 0 || len(b.known["n2"]) != 2 {
+		t.Errorf("kernel devices: unprimed %v, known %v", b.unprimed, b.known)
+	}
+	b.reprimeAll()
+	if len(b.unprimed["n2"]) != 2 {
+		t.Errorf("after reprimeAll: %v", b.unprimed)
+	}
+	b.SetPeer("n2", nil)
+	if len(b.unprimed) != 0 || len(b.known) != 0 {
+		t.Errorf("after dropping n2: unprimed %v, known %v", b.unprimed, b.known)
+	}
+	bad := wgLease("n3", dual)
+	bad.Attrs.BackendData = json.RawMessage(`{"PublicKey":"nope"}`)
+	b.SetPeer("n3", &bad)
+	if len(b.unprimed) != 0 {
+		t.Errorf("an unusable peer is primed: %v", b.unprimed)
+	}
+}
