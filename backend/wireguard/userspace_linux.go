@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"sync"
 	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
@@ -120,8 +121,15 @@ func (u *userDevice) prime(k kernel.WGKey) bool {
 	return true
 }
 
-// primeInterval is how often new peers of userspace devices are looked for.
-const primeInterval = 250 * time.Millisecond
+// While peers wait to be primed, Run looks for them on their devices after
+// primeFirst, doubling up to primeMax (the reconciler adds a peer within
+// milliseconds of SetPeer, and every millisecond it waits is a millisecond
+// of its packets to this node dropped after a restart; one the kernel
+// refuses may wait long); otherwise it sleeps until SetPeer wakes it.
+const (
+	primeFirst = 10 * time.Millisecond
+	primeMax   = time.Second
+)
 
 // SetPeer implements backend.PeerTracker: the keys of a peer the sync loop
 // programs are primed on the userspace devices (prime) once they are
@@ -144,6 +152,10 @@ func (b *Backend) SetPeer(name string, lease *subnet.Lease) {
 	}
 	b.known[name] = keys
 	b.unprimed[name] = slices.Clone(keys)
+	select {
+	case b.primeWake <- struct{}{}:
+	default:
+	}
 }
 
 // primeTarget is a peer's public key on the device that has it.
@@ -157,6 +169,10 @@ type primeTarget struct {
 func (b *Backend) reprimeAll() {
 	for name, keys := range b.known {
 		b.unprimed[name] = slices.Clone(keys)
+	}
+	select {
+	case b.primeWake <- struct{}{}:
+	default:
 	}
 }
 
@@ -180,29 +196,41 @@ func (b *Backend) primePending() {
 // Run implements backend.Runner: it keeps the userspace devices' sessions
 // primed, and closes the devices when ctx ends (a kernel device stays).
 func (b *Backend) Run(ctx context.Context) error {
-	tick := time.NewTicker(primeInterval)
-	defer tick.Stop()
+	var retry <-chan time.Time // set while peers wait to be primed
+	delay := primeFirst
 	for {
 		select {
 		case <-ctx.Done():
 			b.closeUserDevices()
 			return nil
-		case <-tick.C:
-			b.mu.Lock()
-			b.primePending()
-			b.mu.Unlock()
+		case <-b.primeWake:
+			delay = primeFirst
+		case <-retry:
+			delay = min(2*delay, primeMax)
+		}
+		b.mu.Lock()
+		b.primePending()
+		waiting := len(b.unprimed) > 0
+		b.mu.Unlock()
+		retry = nil
+		if waiting {
+			retry = time.After(delay)
 		}
 	}
 }
 
+// closeUserDevices stops the userspace devices, at once (each takes tens
+// of milliseconds, which pods on this node spend without a datapath).
 func (b *Backend) closeUserDevices() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	var wg sync.WaitGroup
 	for _, d := range b.devs {
-		if d.user != nil {
+		if u := d.user; u != nil {
 			klog.InfoS("Stopping the userspace WireGuard device", "device", d.name)
-			d.user.close()
+			wg.Go(u.close)
 			d.user = nil
 		}
 	}
+	wg.Wait()
 }

@@ -69,6 +69,8 @@ type Backend struct {
 	// known are the public keys of the programmed peers, by name;
 	// unprimed those not yet primed on the userspace devices (see prime).
 	known, unprimed map[string][]primeTarget
+	// primeWake wakes Run when peers are to be primed.
+	primeWake chan struct{}
 }
 
 var (
@@ -105,7 +107,7 @@ func New(p backend.Params) (backend.Backend, error) {
 		return nil, fmt.Errorf("wireguard: interface %s: %w", p.ExtIface.Name, err)
 	}
 	b := &Backend{opts: opts, ext: p.ExtIface, h: p.Handle, wg: &kernel.WGClient{}, keyFile: KeyFile(), mtu: mtu,
-		known: map[string][]primeTarget{}, unprimed: map[string][]primeTarget{}}
+		known: map[string][]primeTarget{}, unprimed: map[string][]primeTarget{}, primeWake: make(chan struct{}, 1)}
 	if ipv4 {
 		b.network = p.Config.Network.Masked()
 	}

@@ -191,7 +191,7 @@ func (s *Source) Start(ctx context.Context, peers *subnet.Peers) error {
 	s.synced = reg.HasSynced
 	go s.informer.RunWithContext(ctx)
 	go func() {
-		if cache.WaitForCacheSync(ctx.Done(), s.synced) {
+		if waitSynced(ctx.Done(), s.synced) {
 			klog.InfoS("Node cache synced", "peers", peers.Len())
 			peers.MarkSynced()
 			if s.cfg.OnSynced != nil {
@@ -263,12 +263,31 @@ func (s *Source) ownNode() *v1.Node {
 	return s.own
 }
 
+// syncedPoll is how often waitSynced looks. client-go's WaitForCacheSync
+// looks every 100 ms, which is most of a restart's time without pod
+// traffic where the datapath goes with flanneld (udp, userspace wireguard).
+const syncedPoll = 5 * time.Millisecond
+
+// waitSynced reports whether synced turned true before done closed.
+func waitSynced(done <-chan struct{}, synced func() bool) bool {
+	t := time.NewTicker(syncedPoll)
+	defer t.Stop()
+	for !synced() {
+		select {
+		case <-done:
+			return false
+		case <-t.C:
+		}
+	}
+	return true
+}
+
 // waitSynced waits for the informer's initial list, logging while the API
 // server does not answer.
 func (s *Source) waitSynced(ctx context.Context) error {
 	for !s.synced() {
 		waitCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
-		ok := cache.WaitForCacheSync(waitCtx.Done(), s.synced)
+		ok := waitSynced(waitCtx.Done(), s.synced)
 		cancel()
 		if ctx.Err() != nil {
 			return ctx.Err()
