@@ -115,7 +115,11 @@ func (b *Backend) endpointFamily(name string, fams []peerFamily) (peerFamily, er
 		return peerFamily{}, fmt.Errorf("%w: peer %s has no IPv6 public-ipv6 for Mode ipv6", backend.ErrPeerData, name)
 	case b.opts.Mode == ModeIPv6, v4 == nil:
 		return *v6, nil
-	case b.opts.Mode == ModeAuto && v6 != nil && v4.PublicIP.IsPrivate() && !v6.PublicIP.IsPrivate():
+	// auto, as upstream: IPv4 when the peer's IPv4 address is public, else
+	// IPv6 when both the peer's and this node's IPv6 addresses are, else
+	// IPv4.
+	case b.opts.Mode == ModeAuto && v6 != nil && v4.PublicIP.IsPrivate() && !v6.PublicIP.IsPrivate() &&
+		b.ext.ExtV6Addr.IsValid() && !b.ext.ExtV6Addr.IsPrivate():
 		return *v6, nil
 	}
 	return *v4, nil

@@ -152,14 +152,21 @@ func TestPeerStateSingleDevice(t *testing.T) {
 	for _, tt := range []struct {
 		mode     string
 		change   func(l *subnet.Lease)
+		local6   string // this node's IPv6 address, if not fd00:100::11
 		endpoint string
 	}{
-		{"auto", single, "192.168.100.12:51820"},
-		{"auto", public, "[2001:db8::12]:51820"}, // only the IPv6 address is public
-		{"ipv4", public, "192.168.100.12:51820"},
-		{"ipv6", single, "[fd00:100::12]:51820"},
+		{"auto", single, "", "192.168.100.12:51820"},
+		// Only the peer's IPv6 address is public: IPv6 when this node's
+		// is public too (upstream's choice), else IPv4.
+		{"auto", public, "2001:db8::11", "[2001:db8::12]:51820"},
+		{"auto", public, "", "192.168.100.12:51820"},
+		{"ipv4", public, "", "192.168.100.12:51820"},
+		{"ipv6", single, "", "[fd00:100::12]:51820"},
 	} {
 		b := testBackend(t, netConf(dualNet, `{"Type":"wireguard","Mode":"`+tt.mode+`"}`))
+		if tt.local6 != "" {
+			b.ext.ExtV6Addr = netip.MustParseAddr(tt.local6)
+		}
 		st, err := b.PeerState(wgLease("n2", tt.change))
 		if err != nil {
 			t.Fatalf("%s: %v", tt.mode, err)
