@@ -234,7 +234,7 @@ func TestWireGuardCluster(t *testing.T) {
 		checkWGInterop(t, l, nodes, keys, n1p1)
 	})
 
-	t.Run("deleted route and peer are repaired", func(t *testing.T) {
+	t.Run("deleted route, peer and device are repaired", func(t *testing.T) {
 		n1 := nodes[0]
 		mustExec(t, n1.Netns, "ip", "route", "del", clusterNetwork, "dev", wgDevice)
 		if _, err := n1.WG("set", wgDevice, "peer", keys[nodes[1]], "remove"); err != nil {
@@ -247,6 +247,19 @@ func TestWireGuardCluster(t *testing.T) {
 		// most 30 s) restores the peer.
 		if err := lab.Poll(40*time.Second, func() error { return checkWGPeers(keys, nodes, 0) }); err != nil {
 			t.Errorf("peer: %v", err)
+		}
+		pingAll(t, []*lab.Pod{n1p1, n2p1})
+
+		// The device itself: flanneld makes a new one (a new TUN and
+		// userspace device here) with its address, route and peers.
+		mustExec(t, n1.Netns, "ip", "link", "del", wgDevice)
+		if err := lab.Poll(convergeTimeout, func() error {
+			if err := checkWGDevices(n1, 1); err != nil {
+				return err
+			}
+			return checkWGPeers(keys, nodes, 0)
+		}); err != nil {
+			t.Errorf("device: %v", err)
 		}
 		pingAll(t, []*lab.Pod{n1p1, n2p1})
 	})
