@@ -74,6 +74,15 @@ type Runner interface {
 	Run(ctx context.Context) error
 }
 
+// ChangeNotifier is implemented by a backend that learns when someone else
+// changes state of its device that no kernel notification reports (the
+// peers of a userspace WireGuard device, changed through its UAPI
+// socket): the daemon runs a full pass, which puts the state right, on
+// each value received.
+type ChangeNotifier interface {
+	Changed() <-chan struct{}
+}
+
 // Implementation is implemented by a backend that tells where its
 // datapath runs ("kernel" or "userspace"), for the flanneld_backend_info
 // metric. Without it, a Forwarder's is "userspace", any other "kernel".

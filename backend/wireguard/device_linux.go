@@ -92,7 +92,7 @@ func (b *Backend) ensureDevice(d *device) error {
 	if !errors.Is(err, unix.EOPNOTSUPP) {
 		return fmt.Errorf("create WireGuard device %s: %w", d.name, err)
 	}
-	u, err := newUserDevice(d.name, b.mtu)
+	u, err := newUserDevice(d.name, b.mtu, b.notifyChanged)
 	if err != nil {
 		return fmt.Errorf("the kernel has no WireGuard, and the userspace device failed: %w", err)
 	}

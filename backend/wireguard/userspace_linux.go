@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"slices"
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
 	wgdevice "golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/ipc"
@@ -28,11 +30,14 @@ type userDevice struct {
 	index int
 	dev   *wgdevice.Device
 	uapi  net.Listener
+	// changed is called after another process (wg set, ...) changed the
+	// device's configuration through the UAPI socket.
+	changed func()
 }
 
 // newUserDevice creates the TUN (with its GSO/GRO offloads) and the
 // device on it, and serves the UAPI socket.
-func newUserDevice(name string, mtu int) (*userDevice, error) {
+func newUserDevice(name string, mtu int, changed func()) (*userDevice, error) {
 	t, err := tun.CreateTUN(name, mtu)
 	if err != nil {
 		return nil, fmt.Errorf("create TUN device %s: %w", name, err)
@@ -60,7 +65,7 @@ func newUserDevice(name string, mtu int) (*userDevice, error) {
 		dev.Close()
 		return nil, fmt.Errorf("listen on the UAPI socket of %s: %w", name, err)
 	}
-	u := &userDevice{name: name, index: index, dev: dev, uapi: l}
+	u := &userDevice{name: name, index: index, dev: dev, uapi: l, changed: changed}
 	go u.serve()
 	return u, nil
 }
@@ -73,7 +78,11 @@ func linkIndex(name string) (int, error) {
 	return iface.Index, nil
 }
 
-// serve answers the UAPI socket until it is closed.
+// serve answers the UAPI socket until it is closed. A "set" operation from
+// another process than flanneld (whose own configuration arrives through
+// wgctrl on the same socket) is reported through changed, once handled:
+// WireGuard has no change notifications, so this is how someone's `wg set`
+// is repaired at once rather than at the next full pass.
 func (u *userDevice) serve() {
 	for {
 		c, err := u.uapi.Accept()
@@ -83,9 +92,59 @@ func (u *userDevice) serve() {
 			}
 			return
 		}
-		go u.dev.IpcHandle(c)
+		go u.handle(c)
 	}
 }
+
+func (u *userDevice) handle(c net.Conn) {
+	if peerPID(c) == os.Getpid() {
+		u.dev.IpcHandle(c)
+		return
+	}
+	op := &opSniffer{Conn: c}
+	u.dev.IpcHandle(op)
+	if op.isSet() && u.changed != nil {
+		klog.InfoS("WireGuard device configured by another process", "device", u.name)
+		u.changed()
+	}
+}
+
+// peerPID is the process at the other end of a UAPI connection (0 if
+// unknown).
+func peerPID(c net.Conn) int {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return 0
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	pid := 0
+	_ = raw.Control(func(fd uintptr) {
+		if cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
+			pid = int(cred.Pid)
+		}
+	})
+	return pid
+}
+
+// opSniffer keeps the first bytes a UAPI client sends: its operation,
+// "get=1" or "set=1".
+type opSniffer struct {
+	net.Conn
+	head []byte
+}
+
+func (o *opSniffer) Read(p []byte) (int, error) {
+	n, err := o.Conn.Read(p)
+	if need := len("set=") - len(o.head); need > 0 && n > 0 {
+		o.head = append(o.head, p[:min(n, need)]...)
+	}
+	return n, err
+}
+
+func (o *opSniffer) isSet() bool { return string(o.head) == "set=" }
 
 // alive reports whether the device still runs (wireguard-go closes it
 // when its TUN goes away).

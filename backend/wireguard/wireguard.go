@@ -71,14 +71,29 @@ type Backend struct {
 	known, unprimed map[string][]primeTarget
 	// primeWake wakes Run when peers are to be primed.
 	primeWake chan struct{}
+	// changed reports someone else's changes to a userspace device.
+	changed chan struct{}
 }
 
 var (
-	_ backend.Backend     = (*Backend)(nil)
-	_ backend.MTUFollower = (*Backend)(nil)
-	_ backend.Runner      = (*Backend)(nil)
-	_ backend.PeerTracker = (*Backend)(nil)
+	_ backend.Backend        = (*Backend)(nil)
+	_ backend.MTUFollower    = (*Backend)(nil)
+	_ backend.Runner         = (*Backend)(nil)
+	_ backend.PeerTracker    = (*Backend)(nil)
+	_ backend.ChangeNotifier = (*Backend)(nil)
 )
+
+// Changed implements backend.ChangeNotifier: a value arrives after another
+// process changed a userspace device's configuration (kernel devices have
+// no such notification; full passes repair them).
+func (b *Backend) Changed() <-chan struct{} { return b.changed }
+
+func (b *Backend) notifyChanged() {
+	select {
+	case b.changed <- struct{}{}:
+	default:
+	}
+}
 
 // New validates the options; it does not touch the kernel.
 func New(p backend.Params) (backend.Backend, error) {
@@ -107,7 +122,8 @@ func New(p backend.Params) (backend.Backend, error) {
 		return nil, fmt.Errorf("wireguard: interface %s: %w", p.ExtIface.Name, err)
 	}
 	b := &Backend{opts: opts, ext: p.ExtIface, h: p.Handle, wg: &kernel.WGClient{}, keyFile: KeyFile(), mtu: mtu,
-		known: map[string][]primeTarget{}, unprimed: map[string][]primeTarget{}, primeWake: make(chan struct{}, 1)}
+		known: map[string][]primeTarget{}, unprimed: map[string][]primeTarget{}, primeWake: make(chan struct{}, 1),
+		changed: make(chan struct{}, 1)}
 	if ipv4 {
 		b.network = p.Config.Network.Masked()
 	}

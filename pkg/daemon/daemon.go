@@ -124,6 +124,9 @@ func run(ctx context.Context, o Options) error {
 	if err := m.Register(metrics.NewLinkStats(h, loop.ownedLinks)); err != nil {
 		return stop(err)
 	}
+	if cn, ok := be.(backend.ChangeNotifier); ok {
+		g.Go(func() error { kickOnChange(gctx, cn.Changed(), loop); return nil })
+	}
 	if o.PeerProbeInterval > 0 && probed(src.config.BackendType) {
 		loop.probes = newProber(ip.NewICMPPinger(), o.PeerProbeInterval, o.PeerProbeMaxRate, m)
 		loop.probes.event, loop.probes.stateFile = src.event, ProbeStatePath(o.SubnetFile)
@@ -305,6 +308,20 @@ func startForwarder(ctx context.Context, g *errgroup.Group, be backend.Backend, 
 		return nil
 	})
 	return nil
+}
+
+// kickOnChange runs a full pass of loop whenever the backend reports a
+// change someone else made to its device, until ctx ends.
+func kickOnChange(ctx context.Context, changed <-chan struct{}, loop *syncLoop) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+			klog.InfoS("Backend device changed by someone else; repairing")
+			loop.kickFull()
+		}
+	}
 }
 
 // startRunner runs in g what a backend runs inside flanneld (wireguard's
