@@ -56,7 +56,11 @@ func TestDemo(t *testing.T) {
 	var nodes []*lab.Node
 	for i := 1; i <= 3; i++ {
 		n := l.AddNode(t, fmt.Sprintf("node%d", i), fmt.Sprintf("10.244.%d.0/24", i))
-		l.StartFlanneld(t, n)
+		if backend == "wireguard" {
+			l.StartFlanneldWG(t, n) // a key and a UAPI socket directory per node
+		} else {
+			l.StartFlanneld(t, n)
+		}
 		nodes = append(nodes, n)
 		fmt.Printf("  %s: eth0 %s, podCIDR %s\n", n.Name, n.IP, n.PodCIDR)
 	}
@@ -82,6 +86,14 @@ func TestDemo(t *testing.T) {
 		step("what %s looks like", n.Name)
 		show(n.Netns, "cat", n.SubnetFile)
 		show(n.Netns, "ip", "route", "show", "proto", "102")
+		if backend == "wireguard" {
+			out, err := n.WG("show", "flannel-wg")
+			fmt.Println("$ wg show flannel-wg")
+			if err != nil {
+				fmt.Printf("  (%v)\n", err)
+			}
+			fmt.Print(indent(out))
+		}
 		if backend == "vxlan" {
 			show(n.Netns, "ip", "-d", "link", "show", "flannel.1")
 			show(n.Netns, "ip", "neigh", "show", "dev", "flannel.1")
