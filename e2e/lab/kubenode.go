@@ -66,7 +66,7 @@ func (l *Lab) AddKubeletNode(t testing.TB, name string) *Node {
 	n.SubnetFile = filepath.Join(k.root, "run", "flannel", "subnet.env")
 	l.addCleanup(func() { k.kill(l.t) })
 	start := time.Now()
-	if err := k.prepare(l); err != nil {
+	if err := k.prepare(); err != nil {
 		t.Fatalf("preparing real node %s: %v", name, err)
 	}
 	if err := l.serviceDNAT(n); err != nil {
@@ -108,7 +108,7 @@ func mustRepoRoot(t testing.TB) string {
 
 // prepare creates the node's private directories, its CNI plugins and the
 // kubelet's cgroupRoot in every cgroup v1 hierarchy.
-func (k *kubeletNode) prepare(l *Lab) error {
+func (k *kubeletNode) prepare() error {
 	for _, d := range nodePrivateDirs {
 		if err := os.MkdirAll(filepath.Join(k.root, d), 0o755); err != nil {
 			return err
