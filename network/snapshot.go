@@ -109,43 +109,28 @@ func entryStatus[K comparable, V comparable](m map[K]V, k K, want V) string {
 // Stale lists the owned entries the kernel has that desired does not
 // want: what the next full pass would remove.
 func (s Snapshot) Stale(desired State) []string {
-	var out []string
-	want := map[kernel.RouteKey]bool{}
-	for _, r := range desired.Routes {
-		want[r.Key()] = true
-	}
-	for k, r := range s.Routes {
-		if !want[k] {
-			out = append(out, "route "+r.String())
-		}
-	}
-	wantN := map[kernel.NeighKey]bool{}
-	for _, n := range desired.Neighs {
-		wantN[n.Key()] = true
-	}
-	for k, n := range s.Neighs {
-		if !wantN[k] {
-			out = append(out, "neighbour "+n.String())
-		}
-	}
-	wantF := map[kernel.FDBKey]bool{}
-	for _, f := range desired.FDBs {
-		wantF[f.Key()] = true
-	}
-	for k, f := range s.FDBs {
-		if !wantF[k] {
-			out = append(out, "fdb "+f.String())
-		}
-	}
-	wantW := map[kernel.WGPeerKey]bool{}
-	for _, p := range desired.WGPeers {
-		wantW[p.Key()] = true
-	}
-	for k, p := range s.WGPeers {
-		if !wantW[k] {
-			out = append(out, "wgpeer "+p.String())
-		}
-	}
+	out := staleOf("route", s.Routes, desired.Routes)
+	out = append(out, staleOf("neighbour", s.Neighs, desired.Neighs)...)
+	out = append(out, staleOf("fdb", s.FDBs, desired.FDBs)...)
+	out = append(out, staleOf("wgpeer", s.WGPeers, desired.WGPeers)...)
 	slices.Sort(out)
+	return out
+}
+
+// staleOf describes the entries of one kind in have that desired lacks.
+func staleOf[K comparable, E interface {
+	Key() K
+	String() string
+}](kind string, have map[K]E, desired []E) []string {
+	want := make(map[K]bool, len(desired))
+	for _, e := range desired {
+		want[e.Key()] = true
+	}
+	var out []string
+	for k, e := range have {
+		if !want[k] {
+			out = append(out, kind+" "+e.String())
+		}
+	}
 	return out
 }
