@@ -76,15 +76,7 @@ func (f *Fake) ListRoutes() ([]Route, error) {
 }
 
 // SetRoute implements Interface.
-func (f *Fake) SetRoute(r Route) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if err := f.record("SetRoute " + r.String()); err != nil {
-		return err
-	}
-	f.Routes[r.Key()] = r
-	return nil
-}
+func (f *Fake) SetRoute(r Route) error { return setEntry(f, f.Routes, "SetRoute", r) }
 
 // AddRoute implements Interface: it fails wrapping ErrExists when a route
 // to r.Dst exists.
@@ -102,129 +94,83 @@ func (f *Fake) AddRoute(r Route) error {
 }
 
 // DelRoute implements Interface.
-func (f *Fake) DelRoute(r Route) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if err := f.record("DelRoute " + r.String()); err != nil {
-		return err
-	}
-	if _, ok := f.Routes[r.Key()]; !ok {
-		return fmt.Errorf("delete route %s: %w", r, ErrNotFound)
-	}
-	delete(f.Routes, r.Key())
-	return nil
-}
+func (f *Fake) DelRoute(r Route) error { return delEntry(f, f.Routes, "DelRoute", "route", r) }
 
 // ListNeighs implements Interface.
 func (f *Fake) ListNeighs(linkIndex int) ([]Neigh, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var out []Neigh
-	for _, n := range f.Neighs {
-		if n.LinkIndex == linkIndex {
-			out = append(out, n)
-		}
-	}
-	return out, nil
+	return listOn(f, f.Neighs, func(n Neigh) bool { return n.LinkIndex == linkIndex }), nil
 }
 
 // SetNeigh implements Interface.
-func (f *Fake) SetNeigh(n Neigh) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if err := f.record("SetNeigh " + n.String()); err != nil {
-		return err
-	}
-	f.Neighs[n.Key()] = n
-	return nil
-}
+func (f *Fake) SetNeigh(n Neigh) error { return setEntry(f, f.Neighs, "SetNeigh", n) }
 
 // DelNeigh implements Interface.
-func (f *Fake) DelNeigh(n Neigh) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if err := f.record("DelNeigh " + n.String()); err != nil {
-		return err
-	}
-	if _, ok := f.Neighs[n.Key()]; !ok {
-		return fmt.Errorf("delete neighbour %s: %w", n, ErrNotFound)
-	}
-	delete(f.Neighs, n.Key())
-	return nil
-}
+func (f *Fake) DelNeigh(n Neigh) error { return delEntry(f, f.Neighs, "DelNeigh", "neighbour", n) }
 
 // ListFDB implements Interface.
 func (f *Fake) ListFDB(linkIndex int) ([]FDB, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var out []FDB
-	for _, e := range f.FDBs {
-		if e.LinkIndex == linkIndex {
-			out = append(out, e)
-		}
-	}
-	return out, nil
+	return listOn(f, f.FDBs, func(e FDB) bool { return e.LinkIndex == linkIndex }), nil
 }
 
 // SetFDB implements Interface.
-func (f *Fake) SetFDB(e FDB) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if err := f.record("SetFDB " + e.String()); err != nil {
-		return err
-	}
-	f.FDBs[e.Key()] = e
-	return nil
-}
+func (f *Fake) SetFDB(e FDB) error { return setEntry(f, f.FDBs, "SetFDB", e) }
 
 // DelFDB implements Interface.
-func (f *Fake) DelFDB(e FDB) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if err := f.record("DelFDB " + e.String()); err != nil {
-		return err
-	}
-	if _, ok := f.FDBs[e.Key()]; !ok {
-		return fmt.Errorf("delete FDB entry %s: %w", e, ErrNotFound)
-	}
-	delete(f.FDBs, e.Key())
-	return nil
-}
+func (f *Fake) DelFDB(e FDB) error { return delEntry(f, f.FDBs, "DelFDB", "FDB entry", e) }
 
 // ListWGPeers implements Interface.
 func (f *Fake) ListWGPeers(linkIndex int) ([]WGPeer, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var out []WGPeer
-	for _, p := range f.WG {
-		if p.LinkIndex == linkIndex {
-			out = append(out, p)
-		}
-	}
-	return out, nil
+	return listOn(f, f.WG, func(p WGPeer) bool { return p.LinkIndex == linkIndex }), nil
 }
 
 // SetWGPeer implements Interface.
-func (f *Fake) SetWGPeer(p WGPeer) error {
+func (f *Fake) SetWGPeer(p WGPeer) error { return setEntry(f, f.WG, "SetWGPeer", p) }
+
+// DelWGPeer implements Interface.
+func (f *Fake) DelWGPeer(p WGPeer) error { return delEntry(f, f.WG, "DelWGPeer", "WireGuard peer", p) }
+
+// entry is what the Fake keeps of every kind: keyed, and described in
+// the recorded calls.
+type entry[K comparable] interface {
+	Key() K
+	String() string
+}
+
+// setEntry records the call op and stores e.
+func setEntry[K comparable, E entry[K]](f *Fake, m map[K]E, op string, e E) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.record("SetWGPeer " + p.String()); err != nil {
+	if err := f.record(op + " " + e.String()); err != nil {
 		return err
 	}
-	f.WG[p.Key()] = p
+	m[e.Key()] = e
 	return nil
 }
 
-// DelWGPeer implements Interface.
-func (f *Fake) DelWGPeer(p WGPeer) error {
+// delEntry records the call op and deletes e, failing wrapping
+// ErrNotFound when it is not there.
+func delEntry[K comparable, E entry[K]](f *Fake, m map[K]E, op, kind string, e E) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.record("DelWGPeer " + p.String()); err != nil {
+	if err := f.record(op + " " + e.String()); err != nil {
 		return err
 	}
-	if _, ok := f.WG[p.Key()]; !ok {
-		return fmt.Errorf("delete WireGuard peer %s: %w", p, ErrNotFound)
+	if _, ok := m[e.Key()]; !ok {
+		return fmt.Errorf("delete %s %s: %w", kind, e, ErrNotFound)
 	}
-	delete(f.WG, p.Key())
+	delete(m, e.Key())
 	return nil
+}
+
+// listOn returns the entries of m on a link.
+func listOn[K comparable, E any](f *Fake, m map[K]E, onLink func(E) bool) []E {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []E
+	for _, e := range m {
+		if onLink(e) {
+			out = append(out, e)
+		}
+	}
+	return out
 }
