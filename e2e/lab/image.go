@@ -31,10 +31,7 @@ func BuildImage(t testing.TB, dir, ref string) Image {
 			t.Skipf("skipping: %s is missing (hack/install-deps.sh installs mmdebstrap and umoci)", tool)
 		}
 	}
-	root, err := FindRepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
+	root := mustRepoRoot(t)
 	img := Image{
 		Archive:  filepath.Join(dir, "flanneld-oci.tar"),
 		Ref:      ref,
@@ -78,11 +75,7 @@ const ManifestImage = "ghcr.io/flanneld/flanneld:latest"
 // by image.
 func Manifest(t testing.TB, image string) string {
 	t.Helper()
-	root, err := FindRepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(filepath.Join(root, "Documentation", "kube-flannel.yml"))
+	b, err := manifestYAML()
 	if err != nil {
 		t.Fatal(err)
 	}

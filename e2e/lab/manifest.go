@@ -17,13 +17,18 @@ import (
 	corev1 "k8s.io/api/core/v1"
 )
 
-// ManifestObjects decodes Documentation/kube-flannel.yml.
-func ManifestObjects() ([]runtime.Object, error) {
+// manifestYAML reads Documentation/kube-flannel.yml.
+func manifestYAML() ([]byte, error) {
 	root, err := FindRepoRoot()
 	if err != nil {
 		return nil, err
 	}
-	data, err := os.ReadFile(filepath.Join(root, "Documentation", "kube-flannel.yml"))
+	return os.ReadFile(filepath.Join(root, "Documentation", "kube-flannel.yml"))
+}
+
+// ManifestObjects decodes Documentation/kube-flannel.yml.
+func ManifestObjects() ([]runtime.Object, error) {
+	data, err := manifestYAML()
 	if err != nil {
 		return nil, err
 	}
