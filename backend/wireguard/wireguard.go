@@ -174,9 +174,6 @@ func (b *Backend) SetUnderlayMTU(ext int) error {
 // MTU implements backend.Backend.
 func (b *Backend) MTU() int { return b.mtu }
 
-// SetKeyFile replaces the private key file (tests).
-func (b *Backend) SetKeyFile(path string) { b.keyFile = path }
-
 // Base implements backend.Backend: flanneld owns the WireGuard devices
 // (every peer on them not desired goes) and one route per Network through
 // the device carrying its family.

@@ -24,10 +24,6 @@ var _ Interface = (*Netlink)(nil)
 // opened in.
 func NewNetlink(h *netlink.Handle) *Netlink { return &Netlink{h: h, wg: &WGClient{}} }
 
-// NewNetlinkWG is NewNetlink with the WireGuard client to use (one per
-// process is enough).
-func NewNetlinkWG(h *netlink.Handle, wg *WGClient) *Netlink { return &Netlink{h: h, wg: wg} }
-
 // wrapDel maps "already gone" errors of a delete to ErrNotFound.
 func wrapDel(what string, obj fmt.Stringer, err error) error {
 	if err == nil {

@@ -49,18 +49,6 @@ func (w *WGClient) client() (*wgctrl.Client, error) {
 	return w.c, nil
 }
 
-// Close closes the client, if it was opened.
-func (w *WGClient) Close() error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.c == nil {
-		return nil
-	}
-	err := w.c.Close()
-	w.c = nil
-	return err
-}
-
 // device reads a device; the error wraps os.ErrNotExist when name is not
 // a WireGuard device.
 func (w *WGClient) device(name string) (*wgtypes.Device, error) {
