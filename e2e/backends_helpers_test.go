@@ -7,7 +7,6 @@ package e2e
 // rules, pods that ping).
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -239,26 +238,39 @@ func checkFlannelNodeWith(node *corev1.Node, want map[string]string) error {
 	return nil
 }
 
-// txPackets is the number of packets dev of ns has sent (`ip -s link`).
-func txPackets(ns, dev string) (uint64, error) {
-	out, err := lab.Exec(ns, "ip", "-s", "-j", "link", "show", "dev", dev)
-	if err != nil {
-		return 0, err
+// echoCounter counts the ICMP echo requests to dst that leave ns through
+// dev, by an nftables counter in a table of the test's own: the device's
+// own traffic (IPv6 router solicitations, MLD reports) is not counted, as
+// a device's TX counter would.
+func echoCounter(t *testing.T, ns, dev string, dst netip.Addr) func() uint64 {
+	t.Helper()
+	table := "e2e_echoes"
+	rule := fmt.Sprintf("oifname %q ip daddr %s icmp type echo-request counter", dev, dst)
+	for _, cmd := range [][]string{
+		{"add", "table", "inet", table},
+		{"add", "chain", "inet", table, "out", "{ type filter hook postrouting priority 0; }"},
+		{"flush", "chain", "inet", table, "out"},
+		{"add", "rule", "inet", table, "out", rule},
+	} {
+		if out, err := lab.Exec(ns, append([]string{"nft"}, cmd...)...); err != nil {
+			t.Fatalf("nft %s in %s: %v: %s", strings.Join(cmd, " "), ns, err, out)
+		}
 	}
-	var links []struct {
-		Stats struct {
-			TX struct {
-				Packets uint64 `json:"packets"`
-			} `json:"tx"`
-		} `json:"stats64"`
+	t.Cleanup(func() { _, _ = lab.Exec(ns, "nft", "delete", "table", "inet", table) })
+	return func() uint64 {
+		t.Helper()
+		out, err := lab.Exec(ns, "nft", "list", "chain", "inet", table, "out")
+		if err != nil {
+			t.Fatalf("nft list chain in %s: %v: %s", ns, err, out)
+		}
+		var n uint64
+		if i := strings.Index(out, "counter packets "); i < 0 {
+			t.Fatalf("no counter in %s", out)
+		} else if _, err := fmt.Sscanf(out[i:], "counter packets %d", &n); err != nil {
+			t.Fatalf("counter in %q: %v", out, err)
+		}
+		return n
 	}
-	if err := json.Unmarshal([]byte(out), &links); err != nil {
-		return 0, err
-	}
-	if len(links) != 1 {
-		return 0, fmt.Errorf("ip -s link show dev %s in %s: %d entries", dev, ns, len(links))
-	}
-	return links[0].Stats.TX.Packets, nil
 }
 
 // podOn returns the first of pods that runs on node n (nil if none).

@@ -203,11 +203,11 @@ func TestSyncLoopMetrics(t *testing.T) {
 	if got := value(t, m.SyncErrors); got != 0 {
 		t.Errorf("sync_errors_total = %v, want 0: a refused entry is not a failed pass", got)
 	}
-	mu.Lock()
-	if !slices.ContainsFunc(events, func(e string) bool { return strings.HasPrefix(e, "EntryRefused: route 10.244.5.0/24") }) {
-		t.Errorf("events %q, want an EntryRefused for n5's route", events)
-	}
-	mu.Unlock()
+	waitFor(t, "an EntryRefused Event for n5's route", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.ContainsFunc(events, func(e string) bool { return strings.HasPrefix(e, "EntryRefused: route 10.244.5.0/24") })
+	})
 	failing.Store(false)
 	waitValue(t, "no entry failing after the retry", m.EntriesFailing, 0)
 	waitFor(t, "n5's route in", func() bool { return strings.Contains(k.Dump(), "route 10.244.5.0/24") })

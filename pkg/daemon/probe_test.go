@@ -70,6 +70,8 @@ func TestProber(t *testing.T) {
 	}
 	f.setDown(a3, false)
 	waitValue(t, "n3 reachable again", m.PeersUnreachable, 0)
+	// The Event follows the metric: wait for it too.
+	waitFor(t, "the second event", func() bool { mu.Lock(); defer mu.Unlock(); return len(events) >= 2 })
 	mu.Lock()
 	if len(events) != 2 || events[0] != "PeerNotResponding" || events[1] != "PeerResponding" {
 		t.Errorf("events %v", events)
