@@ -358,8 +358,17 @@ func checkWGRestart(t *testing.T, l *lab.Lab, n *lab.Node, keys map[*lab.Node]st
 	ping := l.Start(t, to.Netns, "ping-restart", nil, "ping", "-n", "-i", "0.02", "-W", "1", on.IP.String())
 	time.Sleep(time.Second)
 	n.Flanneld().Stop()
+	// Stopped, the userspace device's TUN stays with its route: pod
+	// traffic to other nodes is dropped there, never sent in clear by
+	// another route, and the next flanneld attaches to it.
+	if out, err := lab.Exec(n.Netns, "ip", "route", "get", to.IP.String()); err != nil || !strings.Contains(out, "dev "+wgDevice+" ") {
+		t.Errorf("while flanneld is stopped, the route to %s: %q (%v); want it on %s", to.IP, out, err, wgDevice)
+	}
 	l.StartFlanneldWG(t, n)
 	n.WaitReady(t, readyTimeout)
+	if len(logLines(n.Flanneld().Log(), "Running WireGuard device on the TUN the previous flanneld left")) == 0 {
+		t.Errorf("the restarted flanneld did not attach to the TUN its predecessor left:\n%s", n.Flanneld().Log())
+	}
 	if err := lab.Poll(pingTimeout, func() error { return lab.Ping(to, on.IP) }); err != nil {
 		t.Fatalf("no ping after the restart: %v", err)
 	}
@@ -369,11 +378,12 @@ func checkWGRestart(t *testing.T, l *lab.Lab, n *lab.Node, keys map[*lab.Node]st
 	lost, sent := pingLoss(ping.Stdout())
 	t.Logf("restart of flanneld on %s (userspace device): %d of %d pings lost (%v at 20 ms)",
 		n.Name, lost, sent, time.Duration(lost)*20*time.Millisecond)
-	// The userspace device goes with flanneld: the gap is flanneld's
-	// start-up, not a 15 s wait for the peers to give up on the old
-	// session (Run primes the new one).
-	if lost > 150 {
-		t.Errorf("%d pings lost (more than 3 s)", lost)
+	// The userspace device stops with flanneld: the gap is flanneld's
+	// start-up (about 80 ms here), not a 15 s wait for the peers to give
+	// up on the old session (Run primes the new one). The bound leaves
+	// room for a loaded machine.
+	if lost > 50 {
+		t.Errorf("%d pings lost (more than 1 s)", lost)
 	}
 	keyAfter, err := os.ReadFile(n.WGKeyFile())
 	if err != nil || string(keyAfter) != string(keyBefore) {

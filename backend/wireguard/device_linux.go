@@ -72,6 +72,17 @@ func (b *Backend) ensureDevice(d *device) error {
 	case err == nil && link.Type() == "wireguard":
 		d.linkIndex = link.Attrs().Index
 		return b.fixMTU(link)
+	case err == nil && link.Type() == "tuntap":
+		// The persistent TUN of the userspace device of a flanneld that
+		// stopped: run the device on it again, with its address and routes.
+		err := b.runUserDevice(d, true)
+		if err == nil {
+			return nil
+		}
+		klog.InfoS("Could not attach to the TUN device; replacing it", "device", d.name, "err", err)
+		if err := b.h.LinkDel(link); err != nil {
+			return fmt.Errorf("remove %s: %w", d.name, err)
+		}
 	case err == nil:
 		klog.InfoS("Removing a device in the way of the WireGuard device", "device", d.name, "type", link.Type())
 		if err := b.h.LinkDel(link); err != nil {
@@ -92,14 +103,27 @@ func (b *Backend) ensureDevice(d *device) error {
 	if !errors.Is(err, unix.EOPNOTSUPP) {
 		return fmt.Errorf("create WireGuard device %s: %w", d.name, err)
 	}
+	if err := b.runUserDevice(d, false); err != nil {
+		return fmt.Errorf("the kernel has no WireGuard, and the userspace device failed: %w", err)
+	}
+	return nil
+}
+
+// runUserDevice runs the userspace device d on a new TUN, or on the one
+// the previous flanneld left (attach). Callers hold b.mu.
+func (b *Backend) runUserDevice(d *device, attach bool) error {
 	u, err := newUserDevice(d.name, b.mtu, b.notifyChanged)
 	if err != nil {
-		return fmt.Errorf("the kernel has no WireGuard, and the userspace device failed: %w", err)
+		return err
 	}
 	d.user, d.linkIndex = u, u.index
 	b.reprimeAll()
-	klog.InfoS("Created WireGuard device", "device", d.name, "implementation", ImplUserspace, "mtu", b.mtu,
-		"reason", "the kernel has no wireguard link type; flanneld runs the device (it lives as long as flanneld)")
+	msg := "Created WireGuard device"
+	if attach {
+		msg = "Running WireGuard device on the TUN the previous flanneld left"
+	}
+	klog.InfoS(msg, "device", d.name, "implementation", ImplUserspace, "mtu", b.mtu,
+		"reason", "the kernel has no wireguard link type; flanneld runs the device (its TUN stays while flanneld restarts)")
 	return nil
 }
 

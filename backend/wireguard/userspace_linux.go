@@ -24,7 +24,11 @@ import (
 // userDevice is a WireGuard device run by flanneld (wireguard-go) on a TUN
 // of the device's name, with the standard UAPI socket, so that wgctrl
 // (flanneld's reconciler) and wg(8) configure and show it as they do a
-// kernel device. It lives as long as flanneld.
+// kernel device. The device runs as long as flanneld; its TUN is
+// persistent: it stays, with its address and routes, while flanneld
+// restarts, and the next flanneld attaches to it. Meanwhile pod traffic to
+// other nodes is dropped on it rather than sent unencrypted by another
+// route, and the restart is shorter by a device's removal and creation.
 type userDevice struct {
 	name  string
 	index int
@@ -35,12 +39,17 @@ type userDevice struct {
 	changed func()
 }
 
-// newUserDevice creates the TUN (with its GSO/GRO offloads) and the
-// device on it, and serves the UAPI socket.
+// newUserDevice creates the TUN (with its GSO/GRO offloads), or attaches
+// to the persistent one a previous flanneld left, makes it persistent, and
+// runs the device on it and serves the UAPI socket.
 func newUserDevice(name string, mtu int, changed func()) (*userDevice, error) {
 	t, err := tun.CreateTUN(name, mtu)
 	if err != nil {
 		return nil, fmt.Errorf("create TUN device %s: %w", name, err)
+	}
+	if err := setPersistent(t); err != nil {
+		t.Close()
+		return nil, fmt.Errorf("make TUN device %s persistent: %w", name, err)
 	}
 	index, err := linkIndex(name)
 	if err != nil {
@@ -68,6 +77,23 @@ func newUserDevice(name string, mtu int, changed func()) (*userDevice, error) {
 	u := &userDevice{name: name, index: index, dev: dev, uapi: l, changed: changed}
 	go u.serve()
 	return u, nil
+}
+
+// setPersistent keeps the TUN after its file is closed (TUNSETPERSIST).
+func setPersistent(t tun.Device) error {
+	nt, ok := t.(interface{ File() *os.File })
+	if !ok {
+		return errors.New("no file")
+	}
+	raw, err := nt.File().SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ierr error
+	if err := raw.Control(func(fd uintptr) { ierr = unix.IoctlSetInt(int(fd), unix.TUNSETPERSIST, 1) }); err != nil {
+		return err
+	}
+	return ierr
 }
 
 func linkIndex(name string) (int, error) {
@@ -157,8 +183,7 @@ func (u *userDevice) alive() bool {
 	}
 }
 
-// close stops the device; its TUN, and with it the route and addresses,
-// go away.
+// close stops the device; its TUN stays (persistent), without a datapath.
 func (u *userDevice) close() {
 	u.uapi.Close()
 	u.dev.Close()
@@ -253,7 +278,8 @@ func (b *Backend) primePending() {
 }
 
 // Run implements backend.Runner: it keeps the userspace devices' sessions
-// primed, and closes the devices when ctx ends (a kernel device stays).
+// primed, and stops them when ctx ends (their TUNs stay, as a kernel
+// device does).
 func (b *Backend) Run(ctx context.Context) error {
 	var retry <-chan time.Time // set while peers wait to be primed
 	delay := primeFirst
@@ -278,8 +304,8 @@ func (b *Backend) Run(ctx context.Context) error {
 	}
 }
 
-// closeUserDevices stops the userspace devices, at once (each takes tens
-// of milliseconds, which pods on this node spend without a datapath).
+// closeUserDevices stops the userspace devices, at once; their TUNs stay
+// for the next flanneld to attach to.
 func (b *Backend) closeUserDevices() {
 	b.mu.Lock()
 	defer b.mu.Unlock()

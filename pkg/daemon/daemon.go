@@ -106,14 +106,18 @@ func run(ctx context.Context, o Options) error {
 	impl := backend.ImplementationOf(be)
 	m.BackendInfo.WithLabelValues(src.config.BackendType, impl).Set(1)
 	klog.InfoS("Backend datapath", "backend", src.config.BackendType, "implementation", impl)
-	// 6. Stale devices, the forwarder, the firewall, subnet.env.
-	if err := prepareNode(gctx, g, h, o, src.config, be, lease, m); err != nil {
+	// 6. Stale devices, the forwarder.
+	if err := prepareDatapath(gctx, g, h, be, lease, m); err != nil {
 		return stop(err)
 	}
-	// 7. The sync loop and its kernel watch; ready after its first full pass.
+	// 7. The sync loop and its kernel watch: peers are programmed at once
+	// (after a restart every millisecond counts for a datapath that went
+	// with the old process); ready after its first full pass and step 8.
 	status.SetReady(false, "waiting for the first sync of peers")
+	prepared := make(chan struct{})
 	loop := newSyncLoop(be, network.NewReconciler(kernel.NewNetlink(h)), peers,
 		subnet.PeerRules{Config: src.config, Own: lease}, o.Resync, status, m)
+	loop.prepared = prepared
 	loop.localAddrs = func() ([]netip.Prefix, error) { return ip.LinkPrefixes(h, ext.Index) }
 	loop.extMTU.Store(int64(ext.MTU))
 	loop.underlayMTU = ext.MTU
@@ -134,6 +138,11 @@ func run(ctx context.Context, o Options) error {
 	}
 	g.Go(func() error { loop.watchKernel(gctx, ext.Index); return nil })
 	g.Go(func() error { loop.run(gctx); return nil })
+	// 8. The firewall, subnet.env.
+	if err := prepareNode(gctx, g, o, src.config, be, lease, m); err != nil {
+		return stop(err)
+	}
+	close(prepared)
 	err = g.Wait()
 	klog.InfoS("Stopping; the datapath stays in place")
 	return err
@@ -195,9 +204,9 @@ func serveHealth(ctx context.Context, g *errgroup.Group, o Options, status *heal
 	return nil
 }
 
-// prepareNode removes stale devices, starts the forwarder (udp) and the
-// firewall keeper in g, and writes subnet.env.
-func prepareNode(ctx context.Context, g *errgroup.Group, h *netlink.Handle, o Options, cfg *subnet.Config, be backend.Backend, lease subnet.Lease, m *metrics.Metrics) error {
+// prepareDatapath removes stale devices and starts the forwarder (udp) in
+// g: what must be done before the sync loop programs peers.
+func prepareDatapath(ctx context.Context, g *errgroup.Group, h *netlink.Handle, be backend.Backend, lease subnet.Lease, m *metrics.Metrics) error {
 	if err := removeStaleDevices(h, be.Base().OwnedLinks); err != nil {
 		return err
 	}
@@ -209,6 +218,12 @@ func prepareNode(ctx context.Context, g *errgroup.Group, h *netlink.Handle, o Op
 			m.Lease.WithLabelValues(sn.String()).Set(1)
 		}
 	}
+	return nil
+}
+
+// prepareNode starts the firewall keeper in g and writes subnet.env; the
+// sync loop may already be programming peers.
+func prepareNode(ctx context.Context, g *errgroup.Group, o Options, cfg *subnet.Config, be backend.Backend, lease subnet.Lease, m *metrics.Metrics) error {
 	if err := startFirewall(ctx, g, o, cfg, lease, m); err != nil {
 		return err
 	}

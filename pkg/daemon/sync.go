@@ -42,6 +42,10 @@ type syncLoop struct {
 	resync  time.Duration
 	status  *health.Status
 	metrics *metrics.Metrics
+	// prepared is closed once the rest of the node is prepared (the
+	// firewall rules, subnet.env): until then the loop programs peers but
+	// does not report the node ready. nil: prepared.
+	prepared <-chan struct{}
 	// onReady is called when the node becomes ready: after the first
 	// successful full pass, and again after recovering from failures.
 	onReady func()
@@ -144,6 +148,7 @@ type loopState struct {
 	full       bool             // the next pass is a full one (so is the first)
 	synced     bool             // the lease source has delivered its initial view
 	ready      bool             // the node is reported ready
+	prepared   bool             // the rest of the node is prepared (see syncLoop.prepared)
 	wait       <-chan time.Time // a retry, or a rate-limited repair
 	retryDelay time.Duration
 }
@@ -152,12 +157,15 @@ func (l *syncLoop) run(ctx context.Context) {
 	resync := time.NewTicker(l.resync)
 	defer resync.Stop()
 	limiter := rate.NewLimiter(rate.Every(repairInterval), repairBurst)
-	s := &loopState{full: true, retryDelay: time.Second}
+	s := &loopState{full: true, retryDelay: time.Second, prepared: l.prepared == nil}
+	prepared := l.prepared
 	l.status.Beat()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-prepared:
+			prepared, s.prepared = nil, true
 		case <-l.peers.Changed():
 		case <-resync.C:
 			s.full = true
@@ -213,7 +221,9 @@ func (l *syncLoop) pass(ctx context.Context, s *loopState) bool {
 	l.verbose = true
 	l.status.Beat()
 	l.metrics.LastSync.SetToCurrentTime()
-	if !s.ready {
+	if !s.prepared {
+		l.status.SetReady(false, "waiting for the firewall rules and the subnet file")
+	} else if !s.ready {
 		s.ready = true
 		l.status.SetReady(true, "")
 		l.onReady()

@@ -106,3 +106,42 @@ func TestSyncLoop(t *testing.T) {
 		t.Fatal("the bad peer was programmed")
 	}
 }
+
+// TestSyncLoopProgramsBeforePrepared: peers are programmed as soon as the
+// lease source has synced, while the firewall and subnet.env are still
+// being prepared; the node is ready only once both are done.
+func TestSyncLoopProgramsBeforePrepared(t *testing.T) {
+	k := kernel.NewFake()
+	peers := subnet.NewPeers()
+	status := health.NewStatus(time.Minute)
+	ready := make(chan struct{})
+	prepared := make(chan struct{})
+	l := newSyncLoop(fakeBackend{}, network.NewReconciler(k), peers, rulesFor(peer("self", "10.244.1.0/24", "192.168.0.1", `{}`)), time.Hour, status, metrics.New("test"))
+	l.prepared = prepared
+	l.onReady = func() { close(ready) }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); l.run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	peers.Set(peer("n2", "10.244.2.0/24", "192.168.0.2", `{}`))
+	peers.MarkSynced()
+	waitFor(t, "n2 programmed", func() bool { return k.Dump() == "route 10.244.2.0/24 via 192.168.0.2 dev 2 proto 102" })
+	select {
+	case <-ready:
+		t.Fatal("ready before the node was prepared")
+	case <-time.After(200 * time.Millisecond):
+	}
+	if err := status.Ready(); err == nil || !strings.Contains(err.Error(), "firewall") {
+		t.Errorf("readiness before the node was prepared: %v, want not ready, waiting for the firewall", err)
+	}
+	close(prepared)
+	select {
+	case <-ready:
+	case <-time.After(5 * time.Second):
+		t.Fatal("never became ready once prepared")
+	}
+	if err := status.Ready(); err != nil {
+		t.Errorf("not ready once prepared: %v", err)
+	}
+}
