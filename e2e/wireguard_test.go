@@ -379,7 +379,7 @@ func checkWGRestart(t *testing.T, l *lab.Lab, n *lab.Node, keys map[*lab.Node]st
 	t.Logf("restart of flanneld on %s (userspace device): %d of %d pings lost (%v at 20 ms)",
 		n.Name, lost, sent, time.Duration(lost)*20*time.Millisecond)
 	// The userspace device stops with flanneld: the gap is flanneld's
-	// start-up (about 80 ms here), not a 15 s wait for the peers to give
+	// start-up (40-80 ms here), not a 15 s wait for the peers to give
 	// up on the old session (Run primes the new one). The bound leaves
 	// room for a loaded machine.
 	if lost > 50 {
