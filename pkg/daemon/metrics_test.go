@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"context"
 	"errors"
 	"net/netip"
 	"slices"
@@ -115,10 +114,7 @@ func TestSyncLoopMetrics(t *testing.T) {
 		default:
 		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); l.run(ctx) }()
-	defer func() { cancel(); <-done }()
+	runLoop(t, l)
 
 	peers.Set(peer("n2", "10.244.2.0/24", "192.168.0.2", `{}`))
 	peers.Set(peer("n3", "10.244.3.0/24", "192.168.0.3", `{}`))

@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"context"
 	"testing"
 	"time"
 
@@ -51,10 +50,7 @@ func TestMTUFollowsUnderlay(t *testing.T) {
 			got := make(chan int, 4)
 			l.onMTU = func(mtu int) { got <- mtu }
 			peers.MarkSynced()
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan struct{})
-			go func() { defer close(done); l.run(ctx) }()
-			defer func() { cancel(); <-done }()
+			runLoop(t, l)
 			for i, ext := range []int{9000, 1400} {
 				l.extMTU.Store(int64(ext))
 				l.kickFull()

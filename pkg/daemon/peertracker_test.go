@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"context"
 	"sync"
 	"testing"
 	"time"
@@ -51,10 +50,7 @@ func TestPeerTracker(t *testing.T) {
 	peers := subnet.NewPeers()
 	l := newSyncLoop(be, network.NewReconciler(kernel.NewFake()), peers, rulesFor(peer("self", "10.244.1.0/24", "192.168.0.1", `{}`)),
 		time.Hour, health.NewStatus(time.Minute), metrics.New("test"))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); l.run(ctx) }()
-	defer func() { cancel(); <-done }()
+	runLoop(t, l)
 
 	peers.Set(peer("n2", "10.244.2.0/24", "192.168.0.2", `{}`))
 	peers.Set(peer("n3", "10.244.3.0/24", "192.168.0.3", `{}`))

@@ -58,6 +58,14 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// runLoop runs l until the test ends.
+func runLoop(t *testing.T, l *syncLoop) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); l.run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
 func TestSyncLoop(t *testing.T) {
 	k := kernel.NewFake()
 	// A stale route flanneld installed for a node deleted while it was down.
@@ -69,10 +77,7 @@ func TestSyncLoop(t *testing.T) {
 	ready := make(chan struct{})
 	l := newSyncLoop(fakeBackend{}, network.NewReconciler(k), peers, rulesFor(peer("self", "10.244.1.0/24", "192.168.0.1", `{}`)), time.Hour, status, metrics.New("test"))
 	l.onReady = func() { close(ready) }
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); l.run(ctx) }()
-	defer func() { cancel(); <-done }()
+	runLoop(t, l)
 
 	peers.Set(peer("n2", "10.244.2.0/24", "192.168.0.2", `{}`))
 	peers.Set(peer("bad", "10.244.3.0/24", "192.168.0.3", `"bad"`))
@@ -119,10 +124,7 @@ func TestSyncLoopProgramsBeforePrepared(t *testing.T) {
 	l := newSyncLoop(fakeBackend{}, network.NewReconciler(k), peers, rulesFor(peer("self", "10.244.1.0/24", "192.168.0.1", `{}`)), time.Hour, status, metrics.New("test"))
 	l.prepared = prepared
 	l.onReady = func() { close(ready) }
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); l.run(ctx) }()
-	defer func() { cancel(); <-done }()
+	runLoop(t, l)
 
 	peers.Set(peer("n2", "10.244.2.0/24", "192.168.0.2", `{}`))
 	peers.MarkSynced()
