@@ -143,6 +143,12 @@ func TestUDPCluster(t *testing.T) {
 		requireRunning(t, n1)
 	})
 
+	t.Run("restart attaches to the device", func(t *testing.T) {
+		n1 := nodes[0]
+		checkTUNRestart(t, l, n1, udpDevice, "Attached to the TUN device the previous flanneld left", n1p1, n2p1,
+			func() { l.StartFlanneld(t, n1) })
+	})
+
 	t.Run("deleted node is removed from peers", func(t *testing.T) {
 		gone := nodes[2]
 		gone.Flanneld().Stop()
@@ -481,7 +487,8 @@ func startPodCapture(t testing.TB, l *lab.Lab, p *lab.Pod, filter string) (*lab.
 
 // TestUDPBackendSwitch restarts a vxlan cluster with udp and back: the
 // restart to udp removes flannel.1 and its entries, the one back removes
-// flannel0's route (the device goes with flanneld), and pods created under
+// flannel0 (which the stopped flanneld left in place) and its route, and
+// pods created under
 // vxlan keep pinging under udp and after.
 func TestUDPBackendSwitch(t *testing.T) {
 	lab.RequireRoot(t)

@@ -57,19 +57,33 @@ func (b *Backend) ensureDevice() (int, error) {
 			return 0, fmt.Errorf("look up %s: %w", DeviceName, err)
 		}
 	}
-	// A flannel0 flanneld does not hold (left by another process) is in
-	// the way: the name is flannel's.
+	// A flannel0 flanneld does not hold: the TUN the previous flanneld left
+	// (persistent, with its address and route) is attached to; anything
+	// else is in the way: the name is flannel's.
+	created := "Created TUN device"
+	var dev *tunDevice
 	if link, err := b.h.LinkByName(DeviceName); err == nil {
-		klog.InfoS("Removing a device in the way of the TUN device", "device", DeviceName, "type", link.Type())
-		if err := b.h.LinkDel(link); err != nil {
-			return 0, fmt.Errorf("remove %s: %w", DeviceName, err)
+		if link.Type() == "tuntap" {
+			if dev, err = openTUN(DeviceName); err == nil {
+				created = "Attached to the TUN device the previous flanneld left"
+			} else {
+				klog.InfoS("Could not attach to the TUN device; replacing it", "device", DeviceName, "err", err)
+			}
+		}
+		if dev == nil {
+			klog.InfoS("Removing a device in the way of the TUN device", "device", DeviceName, "type", link.Type())
+			if err := b.h.LinkDel(link); err != nil {
+				return 0, fmt.Errorf("remove %s: %w", DeviceName, err)
+			}
 		}
 	} else if !errors.As(err, new(netlink.LinkNotFoundError)) {
 		return 0, fmt.Errorf("look up %s: %w", DeviceName, err)
 	}
-	dev, err := openTUN(DeviceName)
-	if err != nil {
-		return 0, fmt.Errorf("create TUN device %s: %w", DeviceName, err)
+	if dev == nil {
+		var err error
+		if dev, err = openTUN(DeviceName); err != nil {
+			return 0, fmt.Errorf("create TUN device %s: %w", DeviceName, err)
+		}
 	}
 	link, err := b.h.LinkByName(DeviceName)
 	if err == nil {
@@ -81,7 +95,7 @@ func (b *Backend) ensureDevice() (int, error) {
 		return 0, fmt.Errorf("set up created device %s: %w", DeviceName, err)
 	}
 	b.fwd.setDevice(dev)
-	klog.InfoS("Created TUN device", "device", DeviceName, "index", dev.index, "mtu", b.mtu)
+	klog.InfoS(created, "device", DeviceName, "index", dev.index, "mtu", b.mtu)
 	return dev.index, nil
 }
 

@@ -42,7 +42,8 @@ type tunDevice struct {
 	index int
 }
 
-// openTUN creates the TUN device name: IFF_TUN|IFF_NO_PI, so what goes
+// openTUN creates the TUN device name, or attaches to the one a previous
+// flanneld left (it is persistent): IFF_TUN|IFF_NO_PI, so what goes
 // through it is bare IPv4 packets, and IFF_VNET_HDR with checksum and TCP
 // segmentation offloads, so that each packet comes with a virtio-net
 // header and TCP can come as 64 KiB super-packets (offload.go). Without
@@ -61,6 +62,12 @@ func openTUN(name string) (*tunDevice, error) {
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("TUNSETIFF: %w", err)
+	}
+	// Persistent: the device, its address and route stay while flanneld
+	// restarts, and the next flanneld attaches to it.
+	if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("TUNSETPERSIST: %w", err)
 	}
 	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, unix.TUN_F_CSUM|unix.TUN_F_TSO4); err != nil {
 		klog.InfoS("The TUN device takes no offloads; packets go through one by one", "device", name, "err", err)
