@@ -44,7 +44,8 @@ type syncLoop struct {
 	metrics *metrics.Metrics
 	// prepared is closed once the rest of the node is prepared (the
 	// firewall rules, subnet.env): until then the loop programs peers but
-	// does not report the node ready. nil: prepared.
+	// does not report the node ready. nil: prepared (run sets it to nil
+	// once it is closed).
 	prepared <-chan struct{}
 	// onReady is called when the node becomes ready: after the first
 	// successful full pass, and again after recovering from failures.
@@ -148,7 +149,6 @@ type loopState struct {
 	full       bool             // the next pass is a full one (so is the first)
 	synced     bool             // the lease source has delivered its initial view
 	ready      bool             // the node is reported ready
-	prepared   bool             // the rest of the node is prepared (see syncLoop.prepared)
 	wait       <-chan time.Time // a retry, or a rate-limited repair
 	retryDelay time.Duration
 }
@@ -157,15 +157,14 @@ func (l *syncLoop) run(ctx context.Context) {
 	resync := time.NewTicker(l.resync)
 	defer resync.Stop()
 	limiter := rate.NewLimiter(rate.Every(repairInterval), repairBurst)
-	s := &loopState{full: true, retryDelay: time.Second, prepared: l.prepared == nil}
-	prepared := l.prepared
+	s := &loopState{full: true, retryDelay: time.Second}
 	l.status.Beat()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-prepared:
-			prepared, s.prepared = nil, true
+		case <-l.prepared:
+			l.prepared = nil
 		case <-l.peers.Changed():
 		case <-resync.C:
 			s.full = true
@@ -221,7 +220,7 @@ func (l *syncLoop) pass(ctx context.Context, s *loopState) bool {
 	l.verbose = true
 	l.status.Beat()
 	l.metrics.LastSync.SetToCurrentTime()
-	if !s.prepared {
+	if l.prepared != nil {
 		l.status.SetReady(false, "waiting for the firewall rules and the subnet file")
 	} else if !s.ready {
 		s.ready = true
