@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"slices"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -304,18 +303,16 @@ func (b *Backend) Run(ctx context.Context) error {
 	}
 }
 
-// closeUserDevices stops the userspace devices, at once; their TUNs stay
-// for the next flanneld to attach to.
+// closeUserDevices stops the userspace devices (a millisecond each: their
+// TUNs stay, for the next flanneld to attach to).
 func (b *Backend) closeUserDevices() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	var wg sync.WaitGroup
 	for _, d := range b.devs {
 		if u := d.user; u != nil {
 			klog.InfoS("Stopping the userspace WireGuard device", "device", d.name)
-			wg.Go(u.close)
+			u.close()
 			d.user = nil
 		}
 	}
-	wg.Wait()
 }
