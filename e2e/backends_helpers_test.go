@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -416,4 +417,58 @@ func checkPodMTU(t *testing.T, pods []*lab.Pod, mtu int) {
 			t.Errorf("pod %s/%s eth0 MTU %d (%v), want %d", p.Node.Name, p.Name, link.MTU, err, mtu)
 		}
 	}
+}
+
+// checkTUNRestart restarts flanneld on n (start starts the new one), whose
+// datapath is a TUN device dev it runs itself, while pod to (on another
+// node) pings pod on (on n) every 20 ms. Stopped, flanneld leaves the
+// device (persistent) with its route: pod traffic to other nodes is
+// dropped there, never sent by another route (in clear, for wireguard);
+// the new flanneld attaches to it (logging attached) rather than creating
+// another. The pods lose each other for flanneld's restart (20-100 ms here):
+// logged, and bounded loosely for a loaded machine.
+func checkTUNRestart(t *testing.T, l *lab.Lab, n *lab.Node, dev, attached string, on, to *lab.Pod, start func()) {
+	t.Helper()
+	before, err := lab.ShowLink(n.Netns, dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ping := l.Start(t, to.Netns, "ping-restart-"+dev, nil, "ping", "-n", "-i", "0.02", "-W", "1", on.IP.String())
+	time.Sleep(time.Second)
+	n.Flanneld().Stop()
+	if out, err := lab.Exec(n.Netns, "ip", "route", "get", to.IP.String()); err != nil || !strings.Contains(out, "dev "+dev+" ") {
+		t.Errorf("while flanneld is stopped, the route to %s: %q (%v); want it on %s", to.IP, out, err, dev)
+	}
+	start()
+	n.WaitReady(t, readyTimeout)
+	if len(logLines(n.Flanneld().Log(), attached)) == 0 {
+		t.Errorf("the restarted flanneld did not attach to the TUN its predecessor left:\n%s", n.Flanneld().Log())
+	}
+	if after, err := lab.ShowLink(n.Netns, dev); err != nil || after.IfIndex != before.IfIndex {
+		t.Errorf("%s after the restart: %+v (%v), want the same device (index %d)", dev, after, err, before.IfIndex)
+	}
+	if err := lab.Poll(pingTimeout, func() error { return lab.Ping(to, on.IP) }); err != nil {
+		t.Fatalf("no ping after the restart: %v", err)
+	}
+	time.Sleep(time.Second)
+	ping.Signal(2) // SIGINT: ping prints its summary
+	ping.WaitExit(5 * time.Second)
+	lost, sent := pingLoss(ping.Stdout())
+	t.Logf("restart of flanneld on %s (%s): %d of %d pings lost (%v at 20 ms)",
+		n.Name, dev, lost, sent, time.Duration(lost)*20*time.Millisecond)
+	if lost < 0 || lost > 50 {
+		t.Errorf("%d pings lost (more than 1 s)", lost)
+	}
+}
+
+// pingLoss reads ping's summary: packets lost and sent.
+func pingLoss(out string) (lost, sent int) {
+	m := regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`).FindStringSubmatch(out)
+	if m == nil {
+		return -1, -1
+	}
+	var rx int
+	fmt.Sscan(m[1], &sent)
+	fmt.Sscan(m[2], &rx)
+	return sent - rx, sent
 }

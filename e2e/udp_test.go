@@ -489,8 +489,7 @@ func startPodCapture(t testing.TB, l *lab.Lab, p *lab.Pod, filter string) (*lab.
 // TestUDPBackendSwitch restarts a vxlan cluster with udp and back: the
 // restart to udp removes flannel.1 and its entries, the one back removes
 // flannel0 (which the stopped flanneld left in place) and its route, and
-// pods created under
-// vxlan keep pinging under udp and after.
+// pods created under vxlan keep pinging under udp and after.
 func TestUDPBackendSwitch(t *testing.T) {
 	lab.RequireRoot(t)
 	lab.RequireBinary(t, lab.BinaryFlanneld)
